@@ -1,0 +1,3 @@
+"""imgclf: image classification toolkit and web service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,56 @@
+"""The ``imgclf`` command line: one app, one module per command under :mod:`imgclf.commands`.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Heavy imports (torch, the server) happen inside ``run`` so ``imgclf --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from imgclf import __version__
+from imgclf.errors import user_error_types
+
+COMMANDS = ["models", "predict", "export", "import_onnx"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclf",
+        description="Image classification: pretrained zoo, training, fine-tuning and serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for modname in COMMANDS:
+        mod = importlib.import_module(f"imgclf.commands.{modname}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Keep torch's OpenMP threads from spinning when cores are shared (server, tests, CI).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+    except user_error_types() as exc:
+        print(f"imgclf: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyError as exc:  # unknown zoo name and the like carry a readable message
+        print(f"imgclf: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"imgclf: error: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``imgclf`` command (see :mod:`imgclf.cli`)."""

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imgclf.errors import UserError
+
+NAME = "predict"
+HELP = "classify image files or folders with a zoo model or a model package"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files or folders (folders are searched recursively)")
+    p.add_argument("--model", "-m", default=None,
+                   help="zoo model name or package directory (default: efficientnet_lite0)")
+    p.add_argument("--weights", metavar="FILE", help="local weights for a zoo model (.pth, .safetensors, .h5)")
+    p.add_argument("--top-k", "-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.pipeline import classify_files, expand_paths
+    from imgclf.resolve import load_engine
+    from imgclf.zoo.registry import DEFAULT_MODEL
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    files = expand_paths(args.images)
+    if not files:
+        raise UserError("no image files found in " + ", ".join(args.images))
+    engine = load_engine(args.model or DEFAULT_MODEL, weights=args.weights)
+    results = classify_files(engine, files, k=args.top_k, batch_size=args.batch_size,
+                             progress=False if args.no_progress else None)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"imgclf: error: {r['file']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def print_table(results: list[dict]) -> None:
+    for r in results:
+        print(r["file"])
+        if "error" in r:
+            print(f"  error: {r['error']}")
+            continue
+        for q in r["predictions"]:
+            print(f"  {q['score']:7.2%}  {q['label']} ({q['index']})")

@@ -1,0 +1,175 @@
+"""The one preprocessing spec and its numpy implementation.
+
+A :class:`PreprocessSpec` travels with every model (zoo entry, training run, model package).
+:func:`preprocess` is the only code that turns a decoded RGB image into model input, and it is
+used by ``imgclf predict``, by the server and by evaluation after training, so the three cannot
+drift apart (train/serve skew).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+ResizeMode = Literal["shorter", "squash"]
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keras-applications "caffe" mode: BGR order, 0..255 pixels, per-channel means subtracted (B, G, R).
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How raw RGB pixels become a model's input tensor.
+
+    ``resize_mode="shorter"``: scale the shorter side to ``round(input_size / crop_pct)`` and take a
+    centred ``input_size`` square (the timm/torchvision evaluation transform).
+    ``resize_mode="squash"``: resize the whole image to ``input_size`` x ``input_size`` (Keras style).
+
+    The tensor is ``(pixel * scale - mean) / std`` per channel, channels in ``channel_order``,
+    laid out NCHW. ``mean`` and ``std`` are given in ``channel_order``.
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    resize_mode: ResizeMode = "shorter"
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 1.0 / 255.0
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    grayscale: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.resize_mode not in ("shorter", "squash"):
+            raise ValueError(f"resize_mode must be 'shorter' or 'squash', got {self.resize_mode!r}")
+        if self.interpolation not in _PIL_FILTERS:
+            raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTERS)}, got {self.interpolation!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        channels = 1 if self.grayscale else 3
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) not in (1, channels):
+                raise ValueError(f"{name} needs {channels} values, got {len(value)}")
+            if len(value) == 1:
+                value = value * channels
+            object.__setattr__(self, name, value)
+        if any(s == 0 for s in self.std):
+            raise ValueError("std values must be non-zero")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    @property
+    def resize_size(self) -> int:
+        """Side the shorter edge is scaled to before the centre crop."""
+        return int(math.floor(self.input_size / self.crop_pct + 1e-6))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")
+        kw = dict(d)
+        for name in ("mean", "std"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
+        return cls(**kw)
+
+    def with_size(self, input_size: int) -> PreprocessSpec:
+        return replace(self, input_size=input_size)
+
+
+def caffe_spec(input_size: int = 224) -> PreprocessSpec:
+    """Keras-applications VGG/ResNet 'caffe' preprocessing: squash resize, BGR, mean subtraction."""
+    return PreprocessSpec(
+        input_size=input_size,
+        crop_pct=1.0,
+        resize_mode="squash",
+        interpolation="nearest",  # keras.preprocessing.image.load_img's default
+        mean=CAFFE_BGR_MEAN,
+        std=(1.0, 1.0, 1.0),
+        scale=1.0,
+        channel_order="BGR",
+    )
+
+
+def resize_and_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Geometric part of the spec: ``(H, W, 3)`` uint8 in, ``(S, S, C)`` uint8 out."""
+    pil = Image.fromarray(image)
+    if spec.grayscale:
+        pil = pil.convert("L")
+    resample = _PIL_FILTERS[spec.interpolation]
+    size = spec.input_size
+    w, h = pil.size
+    if spec.resize_mode == "squash":
+        if (w, h) != (size, size):
+            pil = pil.resize((size, size), resample)
+    else:
+        target = spec.resize_size
+        if min(w, h) != target:
+            if w <= h:
+                nw, nh = target, max(1, int(round(h * target / w)))
+            else:
+                nw, nh = max(1, int(round(w * target / h))), target
+            # reducing_gap lets PIL shrink big photos in two fast steps at no visible cost.
+            pil = pil.resize((nw, nh), resample, reducing_gap=3.0)
+            w, h = nw, nh
+        if (w, h) != (size, size):
+            left = int(round((w - size) / 2.0))
+            top = int(round((h - size) / 2.0))
+            pil = pil.crop((left, top, left + size, top + size))
+    out = np.asarray(pil, dtype=np.uint8)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """``(..., H, W, C)`` uint8 -> ``(..., C, H, W)`` float32, normalised as the spec says."""
+    x = pixels.astype(np.float32)
+    if spec.channel_order == "BGR" and not spec.grayscale:
+        x = x[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
+    x = (x * np.float32(spec.scale) - mean) * inv_std
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """One decoded RGB uint8 image -> ``(C, S, S)`` float32 model input."""
+    return normalize(resize_and_crop(image, spec), spec)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """Several decoded images -> ``(N, C, S, S)`` float32 batch."""
+    if not images:
+        return np.zeros((0, spec.channels, spec.input_size, spec.input_size), np.float32)
+    return normalize(np.stack([resize_and_crop(im, spec) for im in images]), spec)
