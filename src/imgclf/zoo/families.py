@@ -1,4 +1,3 @@
 """Imports every model family module; importing one registers its zoo entries."""
 
-from imgclf.zoo import (  # noqa: F401
-)
+# One line per family module, e.g. `from imgclf.zoo import resnet  # noqa: F401`.
