@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 
@@ -12,7 +13,12 @@ from imgclf.samples import write_sample_photos
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imgclf-demo-") as tmp:
         write_sample_photos(tmp)
-        return cli_main(["predict", tmp, "--top-k", "3", *sys.argv[1:]])
+        here = os.getcwd()
+        os.chdir(tmp)  # so the table shows plain file names
+        try:
+            return cli_main(["predict", ".", "--top-k", "3", *sys.argv[1:]])
+        finally:
+            os.chdir(here)
 
 
 if __name__ == "__main__":
