@@ -96,6 +96,7 @@ def export_zoo_model(name: str, out_dir: str | Path, *, weights: str | None = No
     """Build zoo model ``name`` with its weights and export it as a package."""
     from imgclf import zoo
     from imgclf.zoo.labels import get_labels
+    from imgclf.zoo.loading import preprocess_for
     from imgclf.zoo.weights import availability
 
     entry = zoo.get(name)
@@ -111,4 +112,4 @@ def export_zoo_model(name: str, out_dir: str | Path, *, weights: str | None = No
         "num_params": entry.num_params,
     }
     return export_package(model, out_dir, name=name, labels=list(get_labels(entry.labels)),
-                          spec=entry.preprocess, provenance=prov)
+                          spec=preprocess_for(entry, weights), provenance=prov)

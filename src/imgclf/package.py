@@ -149,7 +149,7 @@ def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[
     try:
         shutil.copyfile(onnx_file, tmp / MODEL_FILE)
         prov = dict(meta.provenance)
-        prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        prov.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         prov.setdefault("imgclf_version", __version__)
         prov["onnx_sha256"] = sha256_file(tmp / MODEL_FILE)
         meta.provenance = prov

@@ -24,10 +24,12 @@ def load_engine(model: str, *, weights: str | None = None, threads: int | None =
     from imgclf import zoo
     from imgclf.torch_engine import TorchEngine
     from imgclf.zoo.labels import get_labels
+    from imgclf.zoo.loading import preprocess_for
 
     entry = zoo.get(model)
     net = zoo.build(model, weights=weights)
-    return TorchEngine(net, name=entry.name, labels=list(get_labels(entry.labels)), spec=entry.preprocess)
+    return TorchEngine(net, name=entry.name, labels=list(get_labels(entry.labels)),
+                       spec=preprocess_for(entry, weights))
 
 
 def ensure_package(model: str, *, weights: str | None = None, quiet: bool = False) -> ModelPackage:

@@ -1,3 +1,4 @@
 """Imports every model family module; importing one registers its zoo entries."""
 
-# One line per family module, e.g. `from imgclf.zoo import resnet  # noqa: F401`.
+# Add a new family module to this import.
+from imgclf.zoo import efficientnet_lite, inception, mobilenet, resnet, squeezenet, vgg, xception  # noqa: F401

@@ -6,7 +6,6 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-
 # The first WordNet lemma of each synset names two classes twice; say which is which.
 _DISAMBIGUATE = {134: "crane (bird)", 517: "crane (machine)", 638: "maillot", 639: "maillot (tank suit)"}
 

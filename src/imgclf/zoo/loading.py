@@ -6,13 +6,27 @@ from pathlib import Path
 
 import torch
 
+from imgclf.preprocess import PreprocessSpec
 from imgclf.zoo import weights as W
 from imgclf.zoo.registry import ZooEntry
+
+KERAS_SUFFIXES = (".h5", ".hdf5")
+
+
+def preprocess_for(entry: ZooEntry, weights: str | Path | None = None) -> PreprocessSpec:
+    """The preprocessing ``entry`` needs with these weights: a Keras ``.h5`` file brings Keras'
+    own (caffe-mode BGR for VGG), anything else the entry's spec. Everything that builds a zoo
+    model with ``--weights`` (predict, export, serve) takes its spec from here."""
+    if weights is not None and Path(weights).suffix.lower() in KERAS_SUFFIXES:
+        from imgclf.zoo.keras import keras_preprocess
+
+        return keras_preprocess(entry)
+    return entry.preprocess
 
 
 def load_weights_file(entry: ZooEntry, path: str | Path) -> dict:
     path = Path(path)
-    if path.suffix in (".h5", ".hdf5"):
+    if path.suffix.lower() in KERAS_SUFFIXES:
         from imgclf.zoo.keras import read_keras_h5
 
         return read_keras_h5(entry, path)

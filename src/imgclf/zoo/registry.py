@@ -33,11 +33,15 @@ class WeightSource:
     package: str | None = None  # importable module that ships the file
     package_path: str | None = None  # path of the file inside that module's directory
     license: str | None = None
+    # False where the hex in the file name is not known to be a sha256 prefix.
+    name_has_hash: bool = True
 
     @property
     def hash_prefix(self) -> str | None:
         if self.sha256:
             return self.sha256
+        if not self.name_has_hash:
+            return None
         stem = self.filename.rsplit(".", 1)[0]
         tail = stem.rsplit("-", 1)[-1]
         if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail.lower()):
