@@ -31,5 +31,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m imgclf.demo
 
+# The web service on the default model (EfficientNet-Lite0, shipped weights, offline): web page at /.
+serve: $(STAMP)
+	$(BIN)/imgclf serve --host 127.0.0.1 --port 8000
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -17,3 +17,22 @@ def sample_jpegs(tmp_path_factory) -> dict[str, Path]:
     from imgclf.samples import write_sample_photos
 
     return {p.stem: p for p in write_sample_photos(tmp_path_factory.mktemp("photos"))}
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory) -> Path:
+    """A model directory for server tests: packages 'tiny' and 'tiny2' (random tiny conv nets)."""
+    from serve_support import build_tiny_package
+
+    root = tmp_path_factory.mktemp("serve-models")
+    build_tiny_package(root / "tiny", name="tiny")
+    build_tiny_package(root / "tiny2", name="tiny2", labels=["x", "y", "z", "w"], seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lite0_package(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 (shipped weights) exported once into a session IMGCLF_HOME cache."""
+    from serve_support import export_cached
+
+    return export_cached("efficientnet_lite0", tmp_path_factory.mktemp("imgclf-home"))

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from imgclf.errors import UserError
+
+NAME = "serve"
+HELP = "serve models over HTTP: REST API, Open Inference Protocol (KServe V2), web page, metrics"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", action="append", default=[], metavar="NAME|PACKAGE_DIR",
+                   help="zoo model name or package directory; repeat for several (the first is the default "
+                        "model). Default: every package in --model-dir, else efficientnet_lite0")
+    p.add_argument("--model-dir", metavar="DIR",
+                   help="folder of model packages that the management API can load and unload by name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="images per ONNX Runtime call (default 16)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0,
+                   help="longest a batch waits for more images already on their way (default 5)")
+    p.add_argument("--queue-size", type=int, default=128,
+                   help="images waiting per model before requests get 429 (default 128)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds, then 504 (default 30)")
+    p.add_argument("--workers-threads", "--decode-threads", dest="decode_threads", type=int, default=None,
+                   metavar="N", help="threads that decode and preprocess images (default: the CPU count)")
+    p.add_argument("--ort-threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads per model (default: the CPU count)")
+    p.add_argument("--api-key", default=os.environ.get("IMGCLF_API_KEY"),
+                   help="key the management API requires (default: $IMGCLF_API_KEY; none: management is open)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
+    p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def _export_in_child(model: str) -> str:
+    """Runs in a spawned process: export a zoo model to the package cache (imports torch there)."""
+    from imgclf import zoo
+    from imgclf.resolve import ensure_package
+
+    zoo.get(model)  # an unknown name fails here, before any export message
+    return str(ensure_package(model).path)
+
+
+def export_zoo_models(names: list[str]) -> dict[str, Path]:
+    """Zoo names -> cached package directories, exporting in a separate process.
+
+    The serving process must never import torch; a spawned child does the export and exits.
+    """
+    if not names:
+        return {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return {name: Path(pool.submit(_export_in_child, name).result()) for name in names}
+
+
+def resolve_models(models: list[str], model_dir: str | None) -> list[Path]:
+    """``--model`` arguments -> package directories, without importing torch in this process."""
+    from imgclf.package import cache_dir, is_package_dir
+    from imgclf.resolve import looks_like_path
+    from imgclf.zoo.registry import DEFAULT_MODEL
+
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise UserError(f"--model-dir {model_dir} is not a directory")
+    if not models:
+        if model_dir is not None:
+            return sorted(p for p in Path(model_dir).iterdir() if not p.name.startswith(".") and is_package_dir(p))
+        models = [DEFAULT_MODEL]
+    found: dict[str, Path] = {}
+    to_export: list[str] = []
+    for arg in models:
+        if looks_like_path(arg):
+            if not is_package_dir(arg):
+                raise UserError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
+            found[arg] = Path(arg)
+        elif model_dir is not None and is_package_dir(Path(model_dir) / arg):
+            found[arg] = Path(model_dir) / arg
+        elif is_package_dir(cache_dir() / arg):
+            found[arg] = cache_dir() / arg
+        else:
+            to_export.append(arg)
+    found.update(export_zoo_models(to_export))
+    return [found[arg] for arg in models]
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)-9s %(message)s"))
+    logger = logging.getLogger("imgclf")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imgclf.package import load_package
+    from imgclf.server import ServerConfig, create_app
+
+    paths = resolve_models(args.model, args.model_dir)
+    for path in paths:
+        load_package(path)  # a broken package stops here with a clear message, before listening
+    try:
+        config = ServerConfig(
+            models=tuple(str(p) for p in paths),
+            model_dir=args.model_dir,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            queue_size=args.queue_size,
+            request_timeout_s=args.timeout,
+            ort_threads=args.ort_threads,
+            api_key=args.api_key or None,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            max_images_per_request=args.max_images,
+            **({"decode_threads": args.decode_threads} if args.decode_threads else {}),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _setup_logging(args.log_level)
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    names = ", ".join(p.name for p in paths) or "none (load them through the management API)"
+    print(f"imgclf serving {names} at http://{shown}:{port}/  (API docs at /docs)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), log_level=args.log_level, access_log=not args.no_access_log,
+        timeout_graceful_shutdown=5,
+    ))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop
+        pass
+    return 0

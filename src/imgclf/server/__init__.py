@@ -1,0 +1,15 @@
+"""The imgclf web service: REST (v1), Open Inference Protocol (v2), a web page, batching, metrics.
+
+The server runs model packages on ONNX Runtime and never imports torch. Build an app with
+:func:`imgclf.server.app.create_app`; ``imgclf serve`` runs it under uvicorn.
+"""
+
+from imgclf.server.config import ServerConfig
+
+__all__ = ["ServerConfig", "create_app"]
+
+
+def create_app(config: ServerConfig):  # noqa: ANN201 - FastAPI is imported lazily
+    from imgclf.server.app import create_app as _create_app
+
+    return _create_app(config)

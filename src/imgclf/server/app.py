@@ -1,0 +1,88 @@
+"""The app factory: ``create_app(config)`` builds a FastAPI app with its own models and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware import Middleware
+from pydantic.json_schema import models_json_schema
+
+from imgclf import __version__
+from imgclf.server import api_v1, api_v2, management, web
+from imgclf.server.config import ServerConfig
+from imgclf.server.errors import install_error_handlers
+from imgclf.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from imgclf.server.schemas import InferenceRequest
+from imgclf.server.state import AppState
+
+log = logging.getLogger("imgclf.server")
+
+DESCRIPTION = """Image classification over HTTP, on ONNX Runtime.
+
+* **v1**: `POST /v1/models/{name}/predict` (multipart `file`, a raw `image/*` body or JSON base64),
+  model listing and details. `POST /predict` is the same on the default model.
+* **v2**: the Open Inference Protocol (KServe V2) with the classification, binary tensor data and
+  model repository extensions.
+* Errors are `{"error": {"code": ..., "message": ...}}` with the matching HTTP status.
+"""
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the schemas of bodies that routes parse by hand."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                          tags=app.openapi_tags)
+        _, defs = models_json_schema([(InferenceRequest, "validation")],
+                                     ref_template="#/components/schemas/{model}")
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    state = AppState(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if config.load_in_background:
+            task = asyncio.get_running_loop().create_task(state.registry.load_startup_models())
+        else:
+            await state.registry.load_startup_models()
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await state.registry.close()
+            state.inference.close()
+
+    app = FastAPI(
+        title="imgclf",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=state.metrics),
+            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
+        ],
+    )
+    app.state.imgclf = state
+    install_error_handlers(app)
+    app.include_router(api_v1.router)
+    app.include_router(api_v2.router)
+    app.include_router(management.router)
+    web.mount(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

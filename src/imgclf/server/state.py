@@ -1,0 +1,36 @@
+"""What every route reaches through ``request.app.state.imgclf``."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from imgclf.server.config import ServerConfig
+from imgclf.server.inference import Inference
+from imgclf.server.metrics import Metrics
+from imgclf.server.registry import ModelRegistry, ServedModel
+
+# Scope keys routes set for the metrics middleware.
+MODEL_KEY = "imgclf.model"
+INFER_KEY = "imgclf.infer"
+
+
+class AppState:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(config, self.metrics)
+        self.inference = Inference(config)
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.imgclf
+
+
+def use_model(request: Request, name: str | None, *, inference: bool = False) -> ServedModel:
+    """The loaded model ``name`` (the default model for None), noted for the metrics."""
+    registry = app_state(request).registry
+    model = registry.default() if name is None else registry.get(name)
+    request.scope[MODEL_KEY] = model.name
+    if inference:
+        request.scope[INFER_KEY] = True
+    return model
