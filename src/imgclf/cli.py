@@ -14,7 +14,7 @@ import sys
 from imgclf import __version__
 from imgclf.errors import user_error_types
 
-COMMANDS = ["models", "predict", "export", "import_onnx", "serve"]
+COMMANDS = ["models", "predict", "export", "import_onnx", "serve", "train", "evaluate", "experiment"]
 
 
 def build_parser() -> argparse.ArgumentParser:
