@@ -14,7 +14,7 @@ import sys
 from imgclf import __version__
 from imgclf.errors import user_error_types
 
-COMMANDS = ["models", "predict", "export", "import_onnx", "serve", "train", "evaluate", "experiment"]
+COMMANDS = ["models", "predict", "export", "import_onnx", "serve", "train", "evaluate", "experiment", "finetune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `imgclf predict ... | head`: the reader left; stay quiet like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except user_error_types() as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
