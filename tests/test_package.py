@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -122,6 +124,18 @@ def test_export_is_atomic_and_replaces_whole(package, tmp_path):
     assert load_package(out).name == "second"
     assert not (out / "stray.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no temp dirs left behind
+
+
+def test_package_is_readable_by_other_users_under_the_usual_umask(tmp_path):
+    # A server often runs as another user than the one who exported the package.
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "pkg"
+        export_package(tiny_net(), out, name="shared", labels=LABELS, spec=SPEC)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in out.iterdir())
 
 
 def _external_onnx(tmp_path, net, spec=SPEC, name="external.onnx"):

@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -145,7 +145,10 @@ def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[
     out = Path(out_dir)
     check_name(meta.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    # Not mkdtemp: its 0700 folder would make the package unreadable to a server running as
+    # another user. mkdir gives the usual umask-governed mode; the name is still unique.
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
         shutil.copyfile(onnx_file, tmp / MODEL_FILE)
         prov = dict(meta.provenance)

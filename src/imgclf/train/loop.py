@@ -85,6 +85,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -529,6 +530,10 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            # A weight with a size-1 dim (a 1-channel input conv) has two valid stride sets; oneDNN
+            # returns its grad in the other one and DDP warns on every step although it just copies
+            # such a small grad into its bucket.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.net = DistributedDataParallel(
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters,

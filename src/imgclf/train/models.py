@@ -137,7 +137,7 @@ for _n in (1, 2, 3):
 # ---------------------------------------------------------------------------------------------
 
 
-class GhostBatchNorm(nn.BatchNorm2d):
+class FixedScaleBatchNorm(nn.BatchNorm2d):
     """BatchNorm with a fixed unit scale (no learnable weight), learnable bias, tiny eps."""
 
     def __init__(self, num_features: int, momentum: float = 0.6, eps: float = 1e-12) -> None:
@@ -160,9 +160,9 @@ class ConvGroup(nn.Module):
         super().__init__()
         self.conv1 = _DiracConv(cin, cout)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = GhostBatchNorm(cout, bn_momentum)
+        self.norm1 = FixedScaleBatchNorm(cout, bn_momentum)
         self.conv2 = _DiracConv(cout, cout)
-        self.norm2 = GhostBatchNorm(cout, bn_momentum)
+        self.norm2 = FixedScaleBatchNorm(cout, bn_momentum)
         self.activ = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
