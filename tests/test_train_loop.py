@@ -273,3 +273,46 @@ def test_bf16_autocast_and_speed_probe():
     bf = Trainer(_vgg(), train, config=TrainConfig(epochs=1, lr=0.05, precision="bf16", channels_last=True,
                                                    progress=False, log_epochs=False)).fit()
     assert bf.precision == "bf16" and math.isfinite(bf.history[-1]["train_loss"])
+
+
+def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
+    """The trainer averages the loss; airbench states its rates for a summed loss, per 1024
+    examples, divided by Nesterov's gain. Same init, same batches: the weights must agree."""
+    from imgclf.train.recipes import _fast_training, get_recipe
+
+    hyp = get_recipe("fast", {"net.widths": [8, 16, 16]})
+    batch, momentum, label_smoothing = 64, 0.85, 0.2
+    hyp["opt"]["batch_size"] = batch
+
+    def net():
+        torch.manual_seed(0)
+        m = build_model("fast", num_classes=10, widths=[8, 16, 16]).double()
+        with torch.no_grad():
+            m.whiten.weight.normal_()
+        return m
+
+    ours, ref = net(), net()
+    _, groups, _ = _fast_training(hyp, ours, None, init_model=False)
+    opt_ours = torch.optim.SGD([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                                for g in groups], momentum=momentum, nesterov=True)
+    # airbench94.py, verbatim in substance
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    lr = 11.5 / kilostep_scale
+    wd = 0.0153 * batch / kilostep_scale
+    lr_biases = lr * 64.0
+    norm_biases = [p for k, p in ref.named_parameters() if "norm" in k and p.requires_grad]
+    other = [p for k, p in ref.named_parameters() if "norm" not in k and p.requires_grad]
+    opt_ref = torch.optim.SGD([dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
+                               dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=momentum, nesterov=True)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(batch, 3, 32, 32, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        for model, opt, reduction in ((ours, opt_ours, "mean"), (ref, opt_ref, "sum")):
+            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing, reduction=reduction)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
+    assert not torch.equal(ours.layers[0].norm1.bias, net().layers[0].norm1.bias)  # the biases did move
