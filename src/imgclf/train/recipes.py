@@ -108,6 +108,7 @@ FAST: dict[str, Any] = {
         "final_factor": 0.07,
         "lookahead": True,              # EMA every 5 steps, decay 0.95**5 * progress**3
         "whiten_samples": 5000,         # training images used to compute the whitening filters
+        "whiten_eps": 5e-4,             # added to the patch covariance's eigenvalues before 1/sqrt
     },
     "aug": {"flip": "alternating", "translate": 2, "cutout": 0},
     "eval": {"tta": 2},
@@ -297,7 +298,7 @@ def _fast_training(hyp: dict[str, Any], model: Any, data: Any,
     opt = hyp["opt"]
     if init_model:
         n = int(opt["whiten_samples"])
-        model.init_whitening(normalize_tensor(data.train.images[:n], data.spec))
+        model.init_whitening(normalize_tensor(data.train.images[:n], data.spec), eps=float(opt["whiten_eps"]))
     batch, momentum = int(opt["batch_size"]), float(opt["momentum"])
     # airbench states its rates for a loss summed over the batch, per 1024 examples, and divides
     # by how much Nesterov momentum amplifies a constant gradient; its weight decay is decoupled.
