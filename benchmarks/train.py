@@ -3,7 +3,7 @@
     python benchmarks/train.py throughput [--archs vgg,fast] [--steps 6]
     python benchmarks/train.py epoch --data CIFAR10_DIR --recipe fast [--steps 40]
     python benchmarks/train.py ladder --data CIFAR10_DIR --out runs/ladder [--epochs N]
-    python benchmarks/train.py fast --data CIFAR10_DIR --out runs/fast [--epochs 9.9] [--processes 2]
+    python benchmarks/train.py fast --data CIFAR10_DIR --out runs/fast [--epochs 9.9] [--processes 2] [--set K=V]
     python benchmarks/train.py fashion [--data FASHION_DIR] --out runs/fashion
 
 ``throughput`` times training steps (forward, backward, optimizer) of each recipe's network on
@@ -169,10 +169,16 @@ def _cli(argv: list[str], processes: int = 1) -> None:
         raise SystemExit(code)
 
 
+def _extra(args: argparse.Namespace) -> list[str]:
+    argv = ["--epochs", str(args.epochs)] if args.epochs else []
+    for setting in args.set:
+        argv += ["--set", setting]
+    return argv
+
+
 def ladder(args: argparse.Namespace) -> None:
     argv = ["experiment", "seed-ladder", "--data", args.data, "--out", args.out, "--no-progress"]
-    if args.epochs:
-        argv += ["--epochs", str(args.epochs)]
+    argv += _extra(args)
     print(f"machine: {machine()}")
     _cli(argv, args.processes)
 
@@ -191,8 +197,7 @@ def _train_and_print(argv: list[str], out: str, processes: int = 1) -> None:
 
 def fast(args: argparse.Namespace) -> None:
     argv = ["train", "--data", args.data, "--recipe", "fast", "--out", args.out, "--no-progress"]
-    if args.epochs:
-        argv += ["--epochs", str(args.epochs)]
+    argv += _extra(args)
     _train_and_print(argv, args.out, args.processes)
 
 
@@ -200,8 +205,7 @@ def fashion(args: argparse.Namespace) -> None:
     argv = ["train", "--format", "fashion-mnist", "--recipe", "vgg", "--out", args.out, "--no-progress"]
     if args.data:
         argv += ["--data", args.data]
-    if args.epochs:
-        argv += ["--epochs", str(args.epochs)]
+    argv += _extra(args)
     _train_and_print(argv, args.out, args.processes)
 
 
@@ -232,6 +236,8 @@ def main() -> None:
         p.add_argument("--epochs", type=float)
         p.add_argument("--processes", type=int, default=1,
                        help="train with torchrun and this many processes (one thread each)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe setting, as imgclf train --set")
         p.set_defaults(fn=fn)
     args = parser.parse_args()
     args.fn(args)
