@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imgclf import __version__
+from imgclf.cache import cache_home
 from imgclf.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -278,6 +279,4 @@ def read_labels_file(path: str | os.PathLike[str]) -> list[str]:
 
 def cache_dir() -> Path:
     """Where zoo models exported on demand are kept (``IMGCLF_HOME`` overrides)."""
-    if os.environ.get("IMGCLF_HOME"):
-        return Path(os.environ["IMGCLF_HOME"]) / "packages"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imgclf" / "packages"
+    return cache_home("packages")

@@ -87,6 +87,14 @@ def layer_groups(backbone: nn.Module, n_groups: int = 4) -> list[list[nn.Paramet
     return [g for g in groups if g]
 
 
+def pooled(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A headless backbone's output as ``(N, D)`` features; Inception in training mode returns a
+    tuple whose first item is the main branch."""
+    if isinstance(out, tuple):
+        out = out[0]
+    return torch.flatten(out, 1)
+
+
 class FineTuneNet(nn.Module):
     """``head(backbone(x))``; with ``freeze_bn`` batch-norm layers stay in inference mode.
 
@@ -109,10 +117,7 @@ class FineTuneNet(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(x)
-        if isinstance(out, tuple):  # auxiliary outputs in training mode (Inception)
-            out = out[0]
-        return torch.flatten(out, 1)
+        return pooled(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -144,10 +149,7 @@ def split_model(model: nn.Module, entry: ZooEntry, num_classes: int, *, input_si
         model.AuxLogits = None
     model.eval()
     with torch.inference_mode():
-        probe = model(torch.zeros(1, channels, input_size, input_size))
-    if isinstance(probe, tuple):
-        probe = probe[0]
-    feature_dim = int(torch.flatten(probe, 1).shape[1])
+        feature_dim = int(pooled(model(torch.zeros(1, channels, input_size, input_size))).shape[1])
     gen = torch.Generator().manual_seed(seed)
     head = nn.Linear(feature_dim, num_classes)
     with torch.no_grad():

@@ -22,17 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgclf.cache import cache_home
 from imgclf.finetune.augment import SpecTransform
+from imgclf.finetune.backbone import pooled
 from imgclf.preprocess import PreprocessSpec
 
 FORMAT = 1
-
-
-def features_home() -> Path:
-    """Default cache folder (``IMGCLF_HOME`` overrides, as for exported zoo packages)."""
-    if os.environ.get("IMGCLF_HOME"):
-        return Path(os.environ["IMGCLF_HOME"]) / "features"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imgclf" / "features"
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -89,10 +84,7 @@ def extract(backbone: nn.Module, images: torch.Tensor, transform: SpecTransform,
               disable=not (sys.stderr.isatty() if progress is None else progress)) as bar:
         for i in range(0, len(index), batch_size):
             x = transform(images[index[i:i + batch_size]]).contiguous(memory_format=torch.channels_last)
-            feats = backbone(x)
-            if isinstance(feats, tuple):
-                feats = feats[0]
-            out.append(torch.flatten(feats, 1).float())
+            out.append(pooled(backbone(x)).float())
             bar.update(len(x))
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -106,7 +98,7 @@ def cached_features(backbone: nn.Module, images: torch.Tensor, files: Sequence[P
     The cache holds the rows sorted by file, so any split of the same files (another seed or
     validation fraction) finds it; the result comes back in the caller's order.
     """
-    folder = Path(cache_dir) if cache_dir is not None else features_home()
+    folder = Path(cache_dir) if cache_dir is not None else cache_home("features")
     names = [str(Path(f).resolve()) for f in files]
     order = sorted(range(len(files)), key=names.__getitem__)
     inverse = torch.empty(len(order), dtype=torch.long)

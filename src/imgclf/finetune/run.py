@@ -296,7 +296,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     from imgclf import zoo
     from imgclf.finetune.backbone import split_model
     from imgclf.finetune.dataset import load_folder
-    from imgclf.finetune.features import cached_features, features_home
+    from imgclf.finetune.features import cached_features
     from imgclf.train.loop import configure_cpu
     from imgclf.zoo.loading import preprocess_for
 
@@ -340,7 +340,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
             backbone = split.backbone.to(memory_format=torch.channels_last)
             fs = cached_features(backbone, torch.cat([data.train.images, data.val.images]), files, spec,
                                  architecture=entry.name,
-                                 cache_dir=cache_root / "features" if cache_root else features_home(),
+                                 cache_dir=cache_root / "features" if cache_root else None,
                                  progress=opts.progress, use_cache=opts.use_cache)
             backbone.to(memory_format=torch.contiguous_format)
             feature_seconds = round(time.perf_counter() - t0, 1)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.cache import cache_home
 from imgclf.errors import UserError
 from imgclf.images import ImageDecodeError, decode, is_image_path
 from imgclf.preprocess import PreprocessSpec, resize_and_crop
@@ -326,9 +327,7 @@ def cache_key(files: list[Path], spec: PreprocessSpec) -> str:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("IMGCLF_HOME"):
-        return Path(os.environ["IMGCLF_HOME"]) / "datasets"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imgclf" / "datasets"
+    return cache_home("datasets")
 
 
 def decode_files(files: list[Path], spec: PreprocessSpec, *, workers: int | None = None,
