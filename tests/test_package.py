@@ -15,7 +15,7 @@ from torch import nn
 from imgclf.cli import main
 from imgclf.engine import OnnxEngine, top_k
 from imgclf.export import export_onnx, export_package
-from imgclf.package import PackageError, check_name, import_onnx, load_package
+from imgclf.package import PackageError, check_name, import_onnx, load_package, update_provenance
 from imgclf.preprocess import PreprocessSpec
 from imgclf.samples import reference_photo
 
@@ -124,6 +124,18 @@ def test_export_is_atomic_and_replaces_whole(package, tmp_path):
     assert load_package(out).name == "second"
     assert not (out / "stray.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no temp dirs left behind
+
+
+def test_update_provenance_rewrites_model_json_alone(tmp_path):
+    out = tmp_path / "pkg"
+    export_package(tiny_net(), out, name="m", labels=LABELS, spec=SPEC, provenance={"dataset": "none"})
+    onnx_before = (out / "model.onnx").stat()
+    update_provenance(out, {"metrics": {"accuracy": 0.5}})
+    reloaded = load_package(out)  # verifies the recorded ONNX hash
+    assert reloaded.meta.provenance["metrics"] == {"accuracy": 0.5}
+    assert reloaded.meta.provenance["dataset"] == "none"
+    assert (out / "model.onnx").stat().st_ino == onnx_before.st_ino  # the ONNX file was not rewritten
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
 
 
 def test_package_is_readable_by_other_users_under_the_usual_umask(tmp_path):

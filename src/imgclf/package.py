@@ -171,6 +171,24 @@ def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[
     return ModelPackage(out, meta)
 
 
+def update_provenance(path: str | os.PathLike[str], fields: dict[str, Any]) -> ModelPackage:
+    """Merge ``fields`` into a written package's provenance (e.g. the metrics measured on it).
+
+    Only ``model.json`` is rewritten, through a temporary file renamed over it: the ONNX file and
+    the hash recorded for it stay as they are.
+    """
+    package = load_package(path)
+    package.meta.provenance = {**package.meta.provenance, **fields}
+    meta_path = package.path / META_FILE
+    tmp = meta_path.with_name(f".{META_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        tmp.write_text(json.dumps(package.meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(meta_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return package
+
+
 def is_package_dir(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return p.is_dir() and (p / META_FILE).is_file()

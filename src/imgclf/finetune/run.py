@@ -432,7 +432,7 @@ def _export(result: FinetuneResult, split: Any, data: Any, spec: Any, opts: Fine
     from imgclf.engine import OnnxEngine
     from imgclf.export import export_package
     from imgclf.finetune.worst import save_worst_grid
-    from imgclf.package import load_package, write_package
+    from imgclf.package import update_provenance
     from imgclf.train.report import plot_confusion_matrix, plot_learning_curves, write_history
 
     out = result.out
@@ -470,9 +470,7 @@ def _export(result: FinetuneResult, split: Any, data: Any, spec: Any, opts: Fine
     if ev_test is not None:
         metrics.update(test_accuracy=ev_test.accuracy, test_images=ev_test.n)
     metrics["training_seconds"] = round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)
-    meta = load_package(package.path).meta
-    meta.provenance = {**meta.provenance, "metrics": metrics}
-    write_package(package.path, package.onnx_path, meta)  # same ONNX file, metrics added
+    update_provenance(package.path, {"metrics": metrics})
     result.metrics = metrics
 
     # Extra files beside model.onnx + model.json: the run's record.

@@ -213,7 +213,7 @@ def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any
     """Export the package, evaluate it through the serving path, write plots and report.md."""
     from imgclf.engine import OnnxEngine
     from imgclf.export import export_package
-    from imgclf.package import load_package, write_package
+    from imgclf.package import update_provenance
     from imgclf.train.evaluate import evaluate_engine, write_evaluation
     from imgclf.train.report import plot_learning_curves, write_run_report
 
@@ -245,9 +245,7 @@ def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any
         evaluation = ev.to_dict()
         provenance["metrics"].update({f"{test_split}_accuracy": ev.accuracy, f"{test_split}_top5": ev.top5,
                                       f"{test_split}_images": ev.n})
-        meta = load_package(package.path).meta
-        meta.provenance = {**meta.provenance, "metrics": provenance["metrics"]}
-        write_package(package.path, package.onnx_path, meta)  # same ONNX file, metrics added
+        update_provenance(package.path, {"metrics": provenance["metrics"]})
     if history:
         plot_learning_curves(history, out / "learning_curves.png", title=f"{name} ({hyp['name']})",
                              eval_split=eval_split)
