@@ -244,43 +244,15 @@ def train_all(split: Any, data: Any, spec: Any, opts: FinetuneOptions, run_dir: 
 # ---------------------------------------------------------------------------------------------
 
 
-def probabilities(engine: Any, files: list[Path], *, batch_size: int = 64,
-                  workers: int = 2) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Class probabilities for ``files`` via :func:`imgclf.pipeline.prepare` and ``engine``,
-    as the server computes them. Returns probabilities, the positions they belong to, and errors."""
-    from concurrent.futures import ThreadPoolExecutor
+def _evaluate(engine: Any, data: Any, split_name: str) -> tuple[Any, np.ndarray, list[int]]:
+    """Metrics of one split measured on the exported package, its probabilities and their positions."""
+    from imgclf.train.evaluate import compute_metrics, split_probabilities
 
-    from imgclf.images import ImageDecodeError
-    from imgclf.pipeline import prepare
-
-    def load(path: Path) -> np.ndarray | str:
-        try:
-            return prepare(path.read_bytes(), engine.spec)
-        except (ImageDecodeError, OSError) as exc:
-            return str(exc) or type(exc).__name__
-
-    probs: list[np.ndarray] = []
-    kept: list[int] = []
-    errors: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            loaded = list(pool.map(load, chunk))
-            good = [(start + i, x) for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
-            errors += [(str(chunk[i]), x) for i, x in enumerate(loaded) if isinstance(x, str)]
-            if good:
-                probs.append(engine.probabilities(np.stack([x for _, x in good])))
-                kept += [i for i, _ in good]
-    k = len(engine.labels)
-    return (np.concatenate(probs) if probs else np.zeros((0, k), np.float32)), kept, errors
-
-
-def _evaluate(engine: Any, split_name: str, images: Any, classes: list[str]) -> tuple[Any, np.ndarray, list[int]]:
-    from imgclf.train.evaluate import compute_metrics
-
-    probs, kept, errors = probabilities(engine, images.files)
-    targets = images.labels.numpy()[kept]
-    ev = compute_metrics(split_name, classes, engine.labels, targets, probs, errors)
+    split = data.raw.split(split_name)
+    probs, kept, failed = split_probabilities(engine, split)
+    errors = [(str(split.files[i]), err) for i, err in failed]
+    targets = np.asarray(split.labels, dtype=np.int64)[kept]
+    ev = compute_metrics(split_name, data.classes, engine.labels, targets, probs, errors)
     return ev, probs, kept
 
 
@@ -464,8 +436,8 @@ def _export(result: FinetuneResult, split: Any, data: Any, spec: Any, opts: Fine
     package = report.package
     result.package = package.path
     engine = OnnxEngine(package)
-    ev_val, probs_val, kept_val = _evaluate(engine, "val", data.val, data.classes)
-    ev_test = _evaluate(engine, "test", data.test, data.classes)[0] if data.test is not None else None
+    ev_val, probs_val, kept_val = _evaluate(engine, data, "val")
+    ev_test = _evaluate(engine, data, "test")[0] if data.test is not None else None
     metrics: dict[str, Any] = {"val_accuracy": ev_val.accuracy, "val_images": ev_val.n}
     if ev_test is not None:
         metrics.update(test_accuracy=ev_test.accuracy, test_images=ev_test.n)

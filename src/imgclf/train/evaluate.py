@@ -98,8 +98,7 @@ def compute_metrics(split: str, classes: list[str], model_labels: list[str], y_t
     return Evaluation(split, list(classes), n, accuracy, top5, loss, confusion, per_class, list(errors or []))
 
 
-def _inputs(split: RawSplit, spec: PreprocessSpec, root: Path, workers: int
-            ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+def _inputs(split: RawSplit, spec: PreprocessSpec, workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """(position, model input or None, error) per example, in order."""
     if split.files is not None:
         def load(i: int) -> tuple[int, np.ndarray | None, str | None]:
@@ -117,44 +116,57 @@ def _inputs(split: RawSplit, spec: PreprocessSpec, root: Path, workers: int
             yield i, preprocess(as_rgb_or_gray(img, spec), spec), None
 
 
-def evaluate_engine(engine: Engine, dataset: RawDataset, split: str = "test", *, batch_size: int = 64,
-                    workers: int = 2, progress: bool | None = None) -> Evaluation:
-    """Run ``engine`` over one split of ``dataset``; unreadable files are listed, not counted."""
+def split_probabilities(engine: Engine, split: RawSplit, *, batch_size: int = 64, workers: int = 2,
+                        progress: bool = False, desc: str = "evaluating"
+                        ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Class probabilities of every readable example of ``split`` through the serving path, the
+    positions they belong to, and ``(position, error)`` for the unreadable ones."""
     from tqdm import tqdm
 
-    data = dataset.split(split)
-    if data is None:
-        raise UserError(f"{dataset.root} has no {split} split (it has: {', '.join(dataset.splits)})")
-    spec = engine.spec
-    labels: list[int] = []
+    kept: list[int] = []
+    failed: list[tuple[int, str]] = []
     chunks: list[np.ndarray] = []
-    errors: list[tuple[str, str]] = []
     pending: list[np.ndarray] = []
-    show = progress if progress is not None else sys.stderr.isatty()
 
     def flush() -> None:
         if pending:
             chunks.append(engine.probabilities(np.stack(pending)))
             pending.clear()
 
-    with tqdm(total=len(data), unit="img", desc=f"evaluating {split}", file=sys.stderr, disable=not show) as bar:
-        for i, x, err in _inputs(data, spec, dataset.root, workers):
+    with tqdm(total=len(split), unit="img", desc=desc, file=sys.stderr, disable=not progress) as bar:
+        for i, x, err in _inputs(split, engine.spec, workers):
             if x is None:
-                f = data.files[i] if data.files is not None else Path(str(i))
-                try:
-                    name = str(f.relative_to(dataset.root))
-                except ValueError:
-                    name = str(f)
-                errors.append((name, err or "unreadable"))
+                failed.append((i, err or "unreadable"))
             else:
                 pending.append(x)
-                labels.append(int(data.labels[i]))
+                kept.append(i)
                 if len(pending) == batch_size:
                     flush()
             bar.update(1)
         flush()
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(engine.labels)), np.float32)
-    return compute_metrics(split, dataset.classes, engine.labels, np.asarray(labels, dtype=np.int64), probs, errors)
+    return probs, kept, failed
+
+
+def evaluate_engine(engine: Engine, dataset: RawDataset, split: str = "test", *, batch_size: int = 64,
+                    workers: int = 2, progress: bool | None = None) -> Evaluation:
+    """Run ``engine`` over one split of ``dataset``; unreadable files are listed, not counted."""
+    data = dataset.split(split)
+    if data is None:
+        raise UserError(f"{dataset.root} has no {split} split (it has: {', '.join(dataset.splits)})")
+    show = progress if progress is not None else sys.stderr.isatty()
+    probs, kept, failed = split_probabilities(engine, data, batch_size=batch_size, workers=workers, progress=show,
+                                              desc=f"evaluating {split}")
+    errors = []
+    for i, err in failed:
+        f = data.files[i] if data.files is not None else Path(str(i))
+        try:
+            name = str(f.relative_to(dataset.root))
+        except ValueError:
+            name = str(f)
+        errors.append((name, err))
+    labels = np.asarray(data.labels, dtype=np.int64)[kept]
+    return compute_metrics(split, dataset.classes, engine.labels, labels, probs, errors)
 
 
 def write_evaluation(ev: Evaluation, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
