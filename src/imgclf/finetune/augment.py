@@ -5,7 +5,7 @@ Fine-tuning keeps the base model's preprocessing: every image is decoded once
 :func:`imgclf.preprocess.resize_and_crop`, exactly as the server does. During training only, a
 preset then applies a random resized crop, a horizontal flip and colour jitter to each batch (one
 ``grid_sample`` for crop + flip), and :class:`SpecTransform` normalises with the spec's own
-scale, mean, std and channel order: the arithmetic of :func:`imgclf.preprocess.normalize`.
+scale, mean, std and channel order (:class:`imgclf.train.data.SpecNormalize`, as ``imgclf train``).
 Validation batches get the normalisation alone, so they equal ``preprocess(decode(bytes))``.
 """
 
@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from imgclf.preprocess import PreprocessSpec
+from imgclf.train.data import SpecNormalize
 
 
 @dataclass(frozen=True)
@@ -107,21 +108,16 @@ class SpecTransform:
     def __init__(self, spec: PreprocessSpec, preset: AugmentPreset | None = None) -> None:
         self.spec = spec
         self.preset = preset
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        # The same float32 arithmetic as imgclf.preprocess.normalize: times a reciprocal.
-        self.inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32)).view(1, -1, 1, 1)
+        self.normalize = SpecNormalize(spec)
 
     def to(self, device: torch.device | str) -> SpecTransform:
-        self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
+        self.normalize.to(device)
         return self
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None, epoch: int = 0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        x = x.to(torch.float32)
         if self.preset is not None:
             gen = generator if generator is not None else torch.Generator().manual_seed(epoch)
-            x = crop_flip(x, self.preset, gen)
+            x = crop_flip(x.to(torch.float32), self.preset, gen)
             x = colour_jitter(x, self.preset, gen)
-        if self.spec.channel_order == "BGR" and not self.spec.grayscale:
-            x = x.flip(1)
-        return (x * self.spec.scale - self.mean) * self.inv_std
+        return self.normalize(x)

@@ -210,6 +210,26 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator, *,
     return x
 
 
+class SpecNormalize:
+    """uint8 or float ``(B, C, H, W)`` -> float32 ``(x * scale - mean) / std``: the arithmetic of
+    :func:`imgclf.preprocess.normalize` (times a float32 reciprocal), channels reversed first for a
+    BGR spec. Always returns a new tensor."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.scale = spec.scale
+        self.bgr = spec.channel_order == "BGR" and not spec.grayscale
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32)).view(1, -1, 1, 1)
+
+    def to(self, device: torch.device | str) -> SpecNormalize:
+        self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flip(1).to(torch.float32) if self.bgr else x.to(torch.float32, copy=True)
+        return x.mul_(self.scale).sub_(self.mean).mul_(self.inv_std)
+
+
 class ImageTransform:
     """uint8 batch -> (augment) -> float32 ``(x * scale - mean) / std``, as in :func:`imgclf.preprocess.normalize`.
 
@@ -222,16 +242,14 @@ class ImageTransform:
             raise ValueError("training transforms produce RGB input; use an RGB spec")
         self.spec = spec
         self.augment = augment if augment is not None and augment.active else None
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        # Same arithmetic as the numpy implementation: multiply by a float32 reciprocal.
-        self.inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32)).view(1, -1, 1, 1)
+        self.normalize = SpecNormalize(spec)
         self.fill = torch.tensor([min(255, max(0, round(m / spec.scale))) for m in spec.mean], dtype=torch.uint8)
         self.flip_bits: torch.Tensor | None = None
         if self.augment is not None and self.augment.flip == "alternating":
             self.flip_bits = torch.rand(num_images, generator=torch.Generator().manual_seed(seed + 7)) < 0.5
 
     def to(self, device: torch.device | str) -> ImageTransform:
-        self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
+        self.normalize.to(device)
         return self
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
@@ -241,7 +259,7 @@ class ImageTransform:
                 flip_mask = self.flip_bits[index.cpu()] ^ bool(epoch % 2)
             x = augment_batch(x, self.augment, generator, flip_mask=flip_mask, fill=self.fill)
         # Memory layout is left as it comes (the trainer picks channels-last or not).
-        return x.to(torch.float32).mul_(self.spec.scale).sub_(self.mean).mul_(self.inv_std)
+        return self.normalize(x)
 
 
 def normalize_tensor(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
