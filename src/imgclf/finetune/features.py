@@ -26,6 +26,7 @@ from imgclf.cache import cache_home
 from imgclf.finetune.augment import SpecTransform
 from imgclf.finetune.backbone import pooled
 from imgclf.preprocess import PreprocessSpec
+from imgclf.train.sources import hash_files
 
 FORMAT = 1
 
@@ -40,26 +41,18 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_fingerprints(files: Sequence[Path]) -> list[list]:
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
 def cache_key(*, architecture: str, weights: str, spec: PreprocessSpec, files: Sequence[Path]) -> str:
     """Key of one feature set; any change to model, weights, preprocessing or files changes it."""
-    blob = json.dumps({
+    h = hashlib.sha256(json.dumps({
         "format": FORMAT,
         "architecture": architecture,
         "weights": weights,
         "preprocess": spec.to_dict(),
         "augmentation": "none",
         "batch_norm": "inference",
-        "files": file_fingerprints(files),
-    }, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    }, sort_keys=True).encode())
+    hash_files(h, [f.resolve() for f in files])
+    return h.hexdigest()[:32]
 
 
 @dataclass

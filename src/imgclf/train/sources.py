@@ -20,7 +20,7 @@ import struct
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -317,12 +317,18 @@ def _geometry(spec: PreprocessSpec) -> dict:
             "interpolation": spec.interpolation, "grayscale": spec.grayscale}
 
 
-def cache_key(files: list[Path], spec: PreprocessSpec) -> str:
-    """Identity of a decoded folder: every file's path, size and mtime, plus the geometry."""
-    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "geometry": _geometry(spec)}, sort_keys=True).encode())
+def hash_files(h: hashlib._Hash, files: Sequence[Path]) -> None:
+    """Feed every file's path, size and modification time to hasher ``h``: a cache keyed on it
+    misses when a file is added, removed, replaced or edited."""
     for f in files:
         st = f.stat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+
+
+def cache_key(files: list[Path], spec: PreprocessSpec) -> str:
+    """Identity of a decoded folder: every file's path, size and mtime, plus the geometry."""
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "geometry": _geometry(spec)}, sort_keys=True).encode())
+    hash_files(h, files)
     return h.hexdigest()[:32]
 
 
