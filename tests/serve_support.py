@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # starlette.testclient uses httpx2 too
 import numpy as np
 from PIL import Image
 

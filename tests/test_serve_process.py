@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 
-import httpx
+import httpx2 as httpx  # starlette.testclient uses httpx2 too
 import pytest
 from serve_support import CAT, free_port, jpeg_bytes, live_server
 
