@@ -275,6 +275,26 @@ def test_bf16_autocast_and_speed_probe():
     assert bf.precision == "bf16" and math.isfinite(bf.history[-1]["train_loss"])
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_fast_net_whitens_in_fp32_under_bf16_autocast():
+    """Smooth images have patch directions of tiny variance that whitening scales up; from bf16
+    input those channels would be mostly rounding noise, so the whitening conv must stay fp32."""
+    g = torch.Generator().manual_seed(0)
+    x = nn.functional.interpolate(torch.randn(32, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    x = x + 1e-3 * torch.randn(x.shape, generator=g)
+    net = build_model("fast", num_classes=10).eval()
+    net.init_whitening(x)
+    seen = []
+    net.act.register_forward_hook(lambda m, inp, out: seen.append(inp[0].float()))
+    with torch.no_grad():
+        net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x)
+    reference, under_autocast = seen
+    assert reference.std((0, 2, 3)).min() > 0.1  # the weakest direction is really amplified
+    torch.testing.assert_close(under_autocast, reference, rtol=1e-6, atol=1e-6)
+
+
 def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
     """The trainer averages the loss; airbench states its rates for a summed loss, per 1024
     examples, divided by Nesterov's gain. Same init, same batches: the weights must agree."""

@@ -211,7 +211,11 @@ class FastNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.whiten(x) + self.whiten_bias.view(1, -1, 1, 1).to(x.dtype)
+        # Whitening scales the patch directions of least variance up ~40x; from a bf16 input their
+        # channels would be up to 20% rounding noise (and differ from the fp32 served model). The
+        # conv is tiny, so it runs in its weight's precision (fp32) whatever the autocast around it.
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.whiten(x.to(self.whiten.weight.dtype)) + self.whiten_bias.view(1, -1, 1, 1)
         x = self.layers(self.act(x))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.scaling_factor
