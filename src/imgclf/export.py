@@ -108,6 +108,7 @@ def export_zoo_model(name: str, out_dir: str | Path, *, weights: str | None = No
         "weights": weights or (src.filename if src else None),
         "weights_source": "file" if weights else availability(entry),
         "weights_url": src.url if src and not weights else None,
+        "weights_license": src.license if src and not weights else None,
         "dataset": "imagenet-1k",
         "num_params": entry.num_params,
     }
