@@ -264,7 +264,7 @@ class ImageTransform:
 
 def normalize_tensor(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Normalise uint8 NCHW images without augmentation (e.g. for the whitening init)."""
-    return ImageTransform(spec).to(x.device)(x, torch.arange(len(x)), 0, torch.Generator())
+    return SpecNormalize(spec).to(x.device)(x)
 
 
 # ---------------------------------------------------------------------------------------------
