@@ -25,9 +25,11 @@ class SlowEngine:
         self.labels, self.spec, self.name = inner.labels, inner.spec, "slow"
         self.rows_run = 0
         self.armed = threading.Event()  # slow only once the warm-up is over
+        self.running = threading.Event()  # set once a slow batch has started
 
     def logits(self, batch):
         if self.armed.is_set():
+            self.running.set()
             time.sleep(self.seconds)
             self.rows_run += len(batch)
         return self.inner.logits(batch)
@@ -53,7 +55,7 @@ def jpg():
 
 
 def test_full_queue_answers_429_with_retry_after(serve_model_dir, jpg):
-    client, _ = serve_slow(serve_model_dir, 0.5, max_batch_size=1, queue_size=2)
+    client, engine = serve_slow(serve_model_dir, 0.5, max_batch_size=1, queue_size=2)
     finished: list[int] = []
     lock = threading.Lock()
 
@@ -65,7 +67,11 @@ def test_full_queue_answers_429_with_retry_after(serve_model_dir, jpg):
 
     try:
         with ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(one, range(8)))
+            # The first request must be running before the burst, or it could still hold a
+            # queue slot when the other seven arrive.
+            first = pool.submit(one, 0)
+            assert engine.running.wait(10)
+            responses = [first.result(), *pool.map(one, range(1, 8))]
     finally:
         client.__exit__(None, None, None)
     statuses = [r.status_code for r in responses]
