@@ -4,8 +4,8 @@ The seed ladder walks the original CIFAR-10 project's steps, each adding one thi
 before: ``vgg1`` -> ``vgg2`` -> ``vgg3`` (1-3 VGG blocks, no regularisation: they overfit), then
 ``vgg3-bn`` (+BatchNorm), ``vgg3-bn-l2`` (+L2 on the kernels), ``vgg3-bn-l2-dropout`` (+dropout,
 growing from 0.2 to 0.5 with depth), ``vgg3-bn-l2-dropout-aug`` (+flip and translate
-augmentation). ``vgg`` is the seed's final model: that last net with half the dropout, trained
-longer, with label smoothing and flip test-time augmentation. All steps share one optimiser (SGD
+augmentation). ``vgg`` is the seed's final model: that last net with dropout on its dense layer
+only, cutout, trained longer, with label smoothing and flip + translate test-time augmentation. All steps share one optimiser (SGD
 with Nesterov momentum, a short linear warm-up and a linear decay to zero), so each step differs
 from the one before only by what its name adds and the runs take tens of epochs instead of hundreds.
 
@@ -81,11 +81,14 @@ _STEPS: list[tuple[str, str, str, dict[str, Any]]] = [
      {"net": {"dropout": _DROPOUT}, "opt": {"epochs": 30}}),
     ("vgg3-bn-l2-dropout-aug", "+ augmentation", "random flips and 3-pixel translations",
      {"aug": _AUG, "opt": {"epochs": 40}}),
-    # With the seed's dropout the final net still underfits after 50 epochs (train = test accuracy);
-    # half the rates measured 1.3 points better (docs/benchmarks.md).
-    ("vgg", "final VGG", "half the dropout, longer training, label smoothing 0.1, flip test-time augmentation",
-     {"net": {"dropout": [r / 2 for r in _DROPOUT]}, "opt": {"epochs": 60, "label_smoothing": 0.1},
-      "eval": {"tta": 1}}),
+    # With the seed's dropout the final net underfits (train = test accuracy after 50 epochs), and
+    # dropout in front of a BatchNorm layer shifts that layer's statistics between training and
+    # test. So the final net keeps dropout on the dense layer only and regularises with cutout;
+    # each change measured in docs/benchmarks.md.
+    ("vgg", "final VGG", "dropout on the dense layer only, cutout 8, 80 epochs, label smoothing 0.1, "
+     "flip + translate test-time augmentation",
+     {"net": {"dropout": [0.0, 0.0, 0.0, 0.25]}, "aug": {"cutout": 8},
+      "opt": {"epochs": 80, "label_smoothing": 0.1}, "eval": {"tta": 2}}),
 ]
 
 FAST: dict[str, Any] = {
