@@ -71,8 +71,8 @@ def test_exported_package_gives_the_same_top5(model, photos, zoo_predictions, tm
     meta = json.loads((out_dir / "model.json").read_text())
     assert meta["name"] == model and len(meta["labels"]) == 1000
     assert meta["preprocess"] == zoo.get(model).preprocess.to_dict()
-    license = zoo.get(model).weights.license
-    assert license and meta["provenance"]["weights_license"] == license
+    weights_license = zoo.get(model).weights.license
+    assert weights_license and meta["provenance"]["weights_license"] == weights_license
     from_package = predict_json(str(out_dir), photos)
     from_zoo = zoo_predictions(model)
     for p in photos:

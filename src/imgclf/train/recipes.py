@@ -5,9 +5,10 @@ before: ``vgg1`` -> ``vgg2`` -> ``vgg3`` (1-3 VGG blocks, no regularisation: the
 ``vgg3-bn`` (+BatchNorm), ``vgg3-bn-l2`` (+L2 on the kernels), ``vgg3-bn-l2-dropout`` (+dropout,
 growing from 0.2 to 0.5 with depth), ``vgg3-bn-l2-dropout-aug`` (+flip and translate
 augmentation). ``vgg`` is the seed's final model: that last net with dropout on its dense layer
-only, cutout, trained longer, with label smoothing and flip + translate test-time augmentation. All steps share one optimiser (SGD
-with Nesterov momentum, a short linear warm-up and a linear decay to zero), so each step differs
-from the one before only by what its name adds and the runs take tens of epochs instead of hundreds.
+only, cutout, trained longer, with label smoothing and flip + translate test-time augmentation.
+All steps share one optimiser (SGD with Nesterov momentum, a short linear warm-up and a linear
+decay to zero), so each step differs from the one before only by what its name adds and the runs
+take tens of epochs instead of hundreds.
 
 ``fast`` is airbench94 (Keller Jordan, 2024) on imgclf's trainer: the 2M-parameter net of
 :class:`~imgclf.train.models.FastNet` with its frozen patch-whitening first layer, Nesterov SGD
