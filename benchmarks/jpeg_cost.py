@@ -14,9 +14,9 @@ gives the accuracy cost of one more generation.
 
 ``distortion`` says how that second generation compares in size with the first: the PSNR of
 encoding compression-free 32x32 colour images (crops of the photos scikit-image and scikit-learn
-ship, area-downsampled at least 4x) at the same settings, next to the PSNR of the shifted re-encode of the dataset's own images. When
-the two are of the same order, the second generation's accuracy cost is a fair estimate of what
-the first one cost.
+ship, area-downsampled at least 4x) at the same settings, next to the PSNR of the shifted
+re-encode of the dataset's own images. When the first takes away more than the second, the
+second generation's accuracy cost is a lower estimate of what the first one cost.
 
 ``idx-to-folder`` measures a first generation directly on a set that is lossless at the source:
 it writes an IDX dataset (Fashion-MNIST) as ``train/`` and ``test/`` class folders of JPEGs at the
