@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclf.images import decode, decode_file, is_image_path
+from imgclf.images import decode, decode_file, image_files
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
@@ -57,10 +57,6 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int, subsampling: str, shift: int) 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_path(p))
 
 
 def _recompress_chunk(job: tuple[list[str], str, str, int, str, int]) -> list[float]:
@@ -86,7 +82,7 @@ def recompress(args: argparse.Namespace) -> None:
         sys.exit(f"error: {src} is not a folder")
     if dst.exists() and any(dst.iterdir()):
         sys.exit(f"error: {dst} exists and is not empty; choose a new folder")
-    files = _image_files(src)
+    files = image_files(src)
     if not files:
         sys.exit(f"error: no images under {src}")
     workers = args.workers or os.cpu_count() or 1
@@ -130,7 +126,7 @@ def distortion(args: argparse.Namespace) -> None:
     first = [psnr(p, jpeg_roundtrip(p, args.quality, args.subsampling, 0)) for p in photos]
     print(f"first generation, {len(photos)} compression-free {args.size}x{args.size} photo crops: "
           f"PSNR mean {np.mean(first):.2f} dB, median {np.median(first):.2f} dB")
-    files = _image_files(Path(args.data))
+    files = image_files(Path(args.data))
     rng = np.random.default_rng(0)
     sample = [files[i] for i in rng.choice(len(files), size=min(args.samples, len(files)), replace=False)]
     for shift in sorted({0, args.shift}):

@@ -41,14 +41,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def read_images(folder: str | None, tmp: Path) -> list[bytes]:
-    from imgclf.images import is_image_path
+    from imgclf.images import image_files
 
     if folder is None:
         from imgclf.samples import write_sample_photos
 
         paths = write_sample_photos(tmp / "photos")
     else:
-        paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_path(p))
+        paths = image_files(folder)
     if not paths:
         sys.exit(f"no images in {folder}")
     return [p.read_bytes() for p in paths]

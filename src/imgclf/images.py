@@ -139,3 +139,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".
 def is_image_path(path: Path) -> bool:
     """True for a file whose suffix names a format we read (used to walk folders)."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``folder``, at any depth, sorted."""
+    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and is_image_path(f))

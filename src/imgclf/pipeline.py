@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.engine import Engine, top_k
-from imgclf.images import ImageDecodeError, decode, is_image_path
+from imgclf.images import ImageDecodeError, decode, image_files
 from imgclf.preprocess import PreprocessSpec, preprocess
 
 
@@ -25,7 +25,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f)))
+            out.extend(image_files(p))
         else:
             out.append(p)
     return out

@@ -30,7 +30,7 @@ import numpy as np
 
 from imgclf.cache import cache_home
 from imgclf.errors import UserError
-from imgclf.images import ImageDecodeError, decode, is_image_path
+from imgclf.images import ImageDecodeError, decode, image_files
 from imgclf.preprocess import PreprocessSpec, resize_and_crop
 
 FORMATS = ("auto", "cifar10", "folder", "idx", "fashion-mnist", "mnist")
@@ -261,10 +261,6 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _files_of(class_dir: Path) -> list[Path]:
-    return sorted(f for f in class_dir.rglob("*") if f.is_file() and is_image_path(f))
-
-
 def scan_folder(path: Path) -> RawDataset:
     """Find the layout: ``train/<class>`` with ``test/<class>`` and/or ``val/<class>``, or one level
     of class folders (split into train/val later by :func:`split_off_val`)."""
@@ -287,7 +283,7 @@ def scan_folder(path: Path) -> RawDataset:
         for d in _class_dirs(root):
             if d.name not in index:
                 raise UserError(f"class folder {name}/{d.name} has no counterpart in train/ (classes: {', '.join(classes)})")
-            found = _files_of(d)
+            found = image_files(d)
             files += found
             labels += [index[d.name]] * len(found)
         if not files and name == "train":
