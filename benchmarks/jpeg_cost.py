@@ -59,6 +59,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def psnr_summary(scores: list[float]) -> str:
+    """Mean and median, leaving out identical pairs (infinite PSNR)."""
+    finite = [s for s in scores if np.isfinite(s)]
+    return f"PSNR mean {np.mean(finite):.2f} dB, median {np.median(finite):.2f} dB"
+
+
+def new_folder(path: str) -> Path:
+    """``path`` as a destination that holds nothing yet, so nothing already there is overwritten."""
+    dst = Path(path)
+    if dst.exists() and any(dst.iterdir()):
+        sys.exit(f"error: {dst} exists and is not empty; choose a new folder")
+    return dst
+
+
 def _recompress_chunk(job: tuple[list[str], str, str, int, str, int]) -> list[float]:
     files, src, dst, quality, subsampling, shift = job
     scores = []
@@ -69,19 +83,16 @@ def _recompress_chunk(job: tuple[list[str], str, str, int, str, int]) -> list[fl
         target = Path(dst) / path.relative_to(src).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         # Stored losslessly so that the copy carries exactly one more JPEG generation, no more.
-        buf = io.BytesIO()
-        Image.fromarray(out).save(buf, "PNG")
-        target.write_bytes(buf.getvalue())
+        Image.fromarray(out).save(target, "PNG")
         scores.append(psnr(rgb, out))
     return scores
 
 
 def recompress(args: argparse.Namespace) -> None:
-    src, dst = Path(args.src), Path(args.dst)
+    src = Path(args.src)
     if not src.is_dir():
         sys.exit(f"error: {src} is not a folder")
-    if dst.exists() and any(dst.iterdir()):
-        sys.exit(f"error: {dst} exists and is not empty; choose a new folder")
+    dst = new_folder(args.dst)
     files = image_files(src)
     if not files:
         sys.exit(f"error: no images under {src}")
@@ -90,11 +101,9 @@ def recompress(args: argparse.Namespace) -> None:
     jobs = [([str(f) for f in c], str(src), str(dst), args.quality, args.subsampling, args.shift) for c in chunks]
     with ProcessPoolExecutor(workers) as pool:
         scores = [s for part in pool.map(_recompress_chunk, jobs) for s in part]
-    finite = [s for s in scores if np.isfinite(s)]
     print(f"{len(scores)} images from {src} -> {dst} (PNG, one more JPEG generation: quality {args.quality}, "
           f"{args.subsampling}, grid shifted {args.shift} px)")
-    print(f"PSNR of the new generation against its input: mean {np.mean(finite):.2f} dB, "
-          f"median {np.median(finite):.2f} dB")
+    print(f"the new generation against its input: {psnr_summary(scores)}")
 
 
 def _reference_photos(size: int, crops: int) -> list[np.ndarray]:
@@ -122,29 +131,25 @@ def _reference_photos(size: int, crops: int) -> list[np.ndarray]:
 
 
 def distortion(args: argparse.Namespace) -> None:
+    files = image_files(args.data)
+    if not files:
+        sys.exit(f"error: no images under {args.data}")
     photos = _reference_photos(args.size, args.crops)
     first = [psnr(p, jpeg_roundtrip(p, args.quality, args.subsampling, 0)) for p in photos]
     print(f"first generation, {len(photos)} compression-free {args.size}x{args.size} photo crops: "
-          f"PSNR mean {np.mean(first):.2f} dB, median {np.median(first):.2f} dB")
-    files = image_files(Path(args.data))
+          f"{psnr_summary(first)}")
     rng = np.random.default_rng(0)
-    sample = [files[i] for i in rng.choice(len(files), size=min(args.samples, len(files)), replace=False)]
+    sample = [decode_file(files[i]) for i in rng.choice(len(files), size=min(args.samples, len(files)), replace=False)]
     for shift in sorted({0, args.shift}):
-        scores = []
-        for f in sample:
-            rgb = decode_file(f)
-            scores.append(psnr(rgb, jpeg_roundtrip(rgb, args.quality, args.subsampling, shift)))
-        finite = [s for s in scores if np.isfinite(s)]
+        scores = [psnr(rgb, jpeg_roundtrip(rgb, args.quality, args.subsampling, shift)) for rgb in sample]
         print(f"next generation of {len(sample)} images from {args.data}, grid shifted {shift} px: "
-              f"PSNR mean {np.mean(finite):.2f} dB, median {np.median(finite):.2f} dB")
+              f"{psnr_summary(scores)}")
 
 
 def idx_to_folder(args: argparse.Namespace) -> None:
     from imgclf.train.sources import read_idx_dataset
 
-    dst = Path(args.dst)
-    if dst.exists() and any(dst.iterdir()):
-        sys.exit(f"error: {dst} exists and is not empty; choose a new folder")
+    dst = new_folder(args.dst)
     ds = read_idx_dataset(Path(args.src), "fashion-mnist")
     scores = []
     for split_name, split in ds.splits.items():
@@ -162,9 +167,7 @@ def idx_to_folder(args: argparse.Namespace) -> None:
     n = sum(len(s) for s in ds.splits.values())
     print(f"{n} images from {args.src} -> {dst} as " + ("PNG" if args.png else f"JPEG quality {args.quality}"))
     if scores:
-        finite = [s for s in scores if np.isfinite(s)]
-        print(f"PSNR of the JPEGs against the originals: mean {np.mean(finite):.2f} dB, "
-              f"median {np.median(finite):.2f} dB")
+        print(f"the JPEGs against the originals: {psnr_summary(scores)}")
 
 
 def main() -> None:
