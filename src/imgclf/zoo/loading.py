@@ -15,34 +15,71 @@ KERAS_SUFFIXES = (".h5", ".hdf5")
 
 def preprocess_for(entry: ZooEntry, weights: str | Path | None = None) -> PreprocessSpec:
     """The preprocessing ``entry`` needs with these weights: a Keras ``.h5`` file brings Keras'
-    own (caffe-mode BGR for VGG), anything else the entry's spec. Everything that builds a zoo
-    model with ``--weights`` (predict, export, serve) takes its spec from here."""
-    if weights is not None and Path(weights).suffix.lower() in KERAS_SUFFIXES:
+    own (caffe-mode BGR for VGG and ResNet50, [-1, 1] for Inception, Xception and MobileNetV2),
+    anything else the entry's spec. Everything that builds a zoo model with ``--weights``
+    (predict, export, serve) takes its spec from here."""
+    if weights is not None and is_keras_file(weights):
         from imgclf.zoo.keras import keras_preprocess
 
-        return keras_preprocess(entry)
+        return keras_preprocess(entry, weights)
     return entry.preprocess
 
 
-def load_weights_file(entry: ZooEntry, path: str | Path) -> dict:
+def is_keras_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in KERAS_SUFFIXES
+
+
+def load_weights_file(entry: ZooEntry, path: str | Path, *, include_top: bool = True) -> dict:
     path = Path(path)
-    if path.suffix.lower() in KERAS_SUFFIXES:
+    if is_keras_file(path):
         from imgclf.zoo.keras import read_keras_h5
 
-        return read_keras_h5(entry, path)
+        return read_keras_h5(entry, path, include_top=include_top)
     state = W.read_state_dict(path)
     if entry.adapt_state_dict is not None:
         state = entry.adapt_state_dict(state)
     return state
 
 
+def _architecture(entry: ZooEntry, path: Path | None) -> torch.nn.Module:
+    """The entry's model, in its Keras variant for Keras weights (conv biases, TF padding ...)."""
+    if path is not None and is_keras_file(path):
+        from imgclf.zoo.keras import keras_layout
+
+        build = keras_layout(entry).build
+        if build is not None:
+            return build()
+    return entry.builder()
+
+
+def remove_top(model: torch.nn.Module, entry: ZooEntry) -> torch.nn.Module:
+    """Drop the classifier so the model returns its pooled features (Keras ``include_top=False,
+    pooling='avg'``); the family's model class says how (``remove_top()``)."""
+    drop = getattr(model, "remove_top", None)
+    if drop is None:
+        raise W.WeightsError(f"{entry.name} cannot be built without its classifier (include_top=False)")
+    drop()
+    return model
+
+
 def build_model(
-    entry: ZooEntry, *, weights: str | None = None, pretrained: bool = True, allow_download: bool = True
+    entry: ZooEntry, *, weights: str | None = None, pretrained: bool = True, allow_download: bool = True,
+    include_top: bool = True,
 ) -> torch.nn.Module:
-    model = entry.builder()
+    """``include_top=False``: no classifier, the model returns pooled features; this is the one
+    way to load an include_top=False ('notop') Keras file."""
+    path = None
     if weights is not None or pretrained:
         path = Path(weights) if weights is not None else W.resolve(entry, allow_download=allow_download)
-        state = load_weights_file(entry, path)
+    model = _architecture(entry, path)
+    if not include_top:
+        full = set(model.state_dict())
+        remove_top(model, entry)
+        top_keys = full - set(model.state_dict())
+    if path is not None:
+        state = load_weights_file(entry, path, include_top=include_top)
+        if not include_top:
+            state = {k: v for k, v in state.items() if k not in top_keys}
         try:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec, caffe_spec
-from imgclf.zoo.keras import KerasLayout
+from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasFile, KerasLayer, KerasLayout
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 Layer = int | str  # an int is a 3x3 conv with that many output channels, "M" a 2x2 max-pool
@@ -85,25 +85,38 @@ class VGG(nn.Module):
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
+    def remove_top(self) -> None:
+        """No fully connected layers: forward returns the globally averaged last conv map (Keras
+        ``include_top=False, pooling='avg'``)."""
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Identity()
 
-def keras_layout(cfg: Sequence[Layer]) -> KerasLayout:
+
+def keras_files(depth: int) -> tuple[KerasFile, ...]:
+    stem = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels"
+    base = f"{KERAS_APPLICATIONS_URL}vgg{depth}/"
+    return (KerasFile(f"{stem}.h5", f"{base}{stem}.h5"), KerasFile(f"{stem}_notop.h5", f"{base}{stem}_notop.h5", False))
+
+
+def keras_layout(cfg: Sequence[Layer], depth: int | None = None) -> KerasLayout:
     """Where each Keras-applications VGG layer (``block<b>_conv<c>``, ``fc1``, ``fc2``,
-    ``predictions``) lands in this module tree (no batch norm: Keras has no VGG-BN)."""
-    convs: list[tuple[str, str]] = []
+    ``predictions``) lands in this module tree. The architecture is the same (no batch norm:
+    Keras has no VGG-BN), only the first dense layer's rows follow Keras' NHWC flatten."""
+    layers: list[KerasLayer] = []
     index, block, conv = 0, 1, 0
     for v in cfg:
         if v == "M":
             index, block, conv = index + 1, block + 1, 0
             continue
         conv += 1
-        convs.append((f"block{block}_conv{conv}", f"features.{index}"))
+        layers.append(KerasLayer(f"block{block}_conv{conv}", "conv", f"features.{index}"))
         index += 2  # conv, relu
-    return KerasLayout(
-        convs=tuple(convs),
-        dense=(("fc1", "classifier.0"), ("fc2", "classifier.3"), ("predictions", "classifier.6")),
-        flatten_hwc=(POOLED, POOLED, _last_width(cfg)),
-        preprocess=caffe_spec(224),
-    )
+    layers += [
+        KerasLayer("fc1", "dense", "classifier.0", top=True, flatten_hwc=(POOLED, POOLED, _last_width(cfg))),
+        KerasLayer("fc2", "dense", "classifier.3", top=True),
+        KerasLayer("predictions", "dense", "classifier.6", top=True),
+    ]
+    return KerasLayout(layers=tuple(layers), preprocess=caffe_spec(224), files=keras_files(depth) if depth else ())
 
 
 # torchvision's evaluation transform for VGG: shorter side 256, centre crop 224, bilinear.
@@ -132,7 +145,7 @@ def _register() -> None:
             weights=WeightSource(filename=filename, url=_TV + filename),
             description=f"VGG{depth}{'-BN' if bn else ''}, torchvision weights (ImageNet top-1 {top1:.1f}%)"
                         + ("" if bn else "; also loads Keras .h5 weights"),
-            extra={} if bn else {"keras": keras_layout(CONFIGS[depth])},
+            extra={} if bn else {"keras": keras_layout(CONFIGS[depth], depth)},
         ))
     for depth in (16, 19):
         filename = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels.h5"
@@ -145,7 +158,7 @@ def _register() -> None:
             # Keras publishes only an md5 for these files, so the download is not hash-checked.
             weights=WeightSource(filename=filename, url=f"{_KERAS}vgg{depth}/{filename}"),
             description=f"VGG{depth}, Keras-applications weights (caffe preprocessing: BGR, mean subtraction)",
-            extra={"keras": keras_layout(CONFIGS[depth])},
+            extra={"keras": keras_layout(CONFIGS[depth], depth)},
         ))
 
 
