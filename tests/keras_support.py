@@ -38,6 +38,16 @@ def keras_input(paths: list[Path], name: str) -> np.ndarray:
     return np.asarray(preprocess_input(x))
 
 
+def without_top(model: keras.Model, name: str) -> keras.Model:
+    """The same application built with ``include_top=False, pooling='avg'``, holding ``model``'s weights."""
+    notop = APPLICATIONS[name][0](weights=None, include_top=False, pooling="avg")
+    mine = [la for la in notop.layers if la.weights]
+    theirs = [la for la in model.layers if la.weights][: len(mine)]
+    for a, b in zip(mine, theirs, strict=True):
+        a.set_weights(b.get_weights())
+    return notop
+
+
 def build(name: str, *, include_top: bool, calibration: np.ndarray, seed: int = 0) -> keras.Model:
     """``keras.applications.<name>(weights=None)`` with realistic random weights (see module doc)."""
     ctor = APPLICATIONS[name][0]
@@ -56,7 +66,10 @@ def build(name: str, *, include_top: bool, calibration: np.ndarray, seed: int = 
     saved = [b.momentum for b in bns]
     for b in bns:
         b.momentum = 0.0
-    model(calibration, training=True)  # moving stats := the batch's statistics, layer by layer
+    import torch
+
+    with torch.no_grad():
+        model(calibration, training=True)  # moving stats := the batch's statistics, layer by layer
     for b, m in zip(bns, saved, strict=True):
         b.momentum = m
         std = np.sqrt(np.asarray(b.moving_variance.numpy()))

@@ -291,16 +291,21 @@ def test_real_entries_map_every_keras_layer(name):
     entry = zoo.get(name)
     depth = int(name[3:5])
     layout = entry.extra["keras"]
-    assert [k for k, _ in layout.convs] == KERAS_VGG_LAYERS[f"vgg{depth}"]
-    assert [k for k, _ in layout.dense] == ["fc1", "fc2", "predictions"]
-    assert layout.flatten_hwc == (7, 7, 512)
+    convs = [k for k in layout.layers if k.kind == "conv"]
+    dense = [k for k in layout.layers if k.kind == "dense"]
+    assert len(convs) + len(dense) == len(layout.layers)
+    assert [k.name for k in convs] == KERAS_VGG_LAYERS[f"vgg{depth}"]
+    assert [k.name for k in dense] == ["fc1", "fc2", "predictions"] and all(k.top for k in dense)
+    assert [k.flatten_hwc for k in dense] == [(7, 7, 512), None, None]
     assert layout.preprocess == caffe_spec(224)
+    assert [f.filename for f in layout.files] == [f"vgg{depth}_weights_tf_dim_ordering_tf_kernels.h5",
+                                                  f"vgg{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"]
     model = VGG(CONFIGS[depth], hidden=8, num_classes=10)  # narrow head: only conv paths matter here
     widths = [v for v in CONFIGS[depth] if v != "M"]
-    for (_, path), width in zip(layout.convs, widths, strict=True):
-        conv = model.get_submodule(path)
+    for layer, width in zip(convs, widths, strict=True):
+        conv = model.get_submodule(layer.module)
         assert isinstance(conv, torch.nn.Conv2d) and conv.out_channels == width
-    assert [p for _, p in layout.dense] == ["classifier.0", "classifier.3", "classifier.6"]
+    assert [k.module for k in dense] == ["classifier.0", "classifier.3", "classifier.6"]
 
 
 def test_weights_file_picks_the_spec():
@@ -310,7 +315,7 @@ def test_weights_file_picks_the_spec():
     assert preprocess_for(vgg16, "vgg16_weights_tf_dim_ordering_tf_kernels.h5") == caffe_spec(224)
     assert preprocess_for(vgg16, "model.HDF5") == caffe_spec(224)
     with pytest.raises(WeightsError, match="cannot load Keras"):
-        preprocess_for(zoo.get("xception"), "xception.h5")
+        preprocess_for(zoo.get("squeezenet1_1"), "squeezenet.h5")
 
 
 # ---------------------------------------------------------------- errors a user can cause
@@ -370,9 +375,10 @@ def test_cli_reports_bad_keras_file_in_one_line(tiny_entry, photo_jpeg, tmp_path
 def test_keras_weights_for_a_model_without_keras_layout(photo_jpeg, tmp_path, capsys):
     path = tmp_path / "x.h5"
     path.write_bytes(b"")
-    rc = cli.main(["predict", str(photo_jpeg), "--model", "xception", "--weights", str(path)])
+    rc = cli.main(["predict", str(photo_jpeg), "--model", "squeezenet1_1", "--weights", str(path)])
     assert rc == 2
-    assert "xception cannot load Keras .h5 weights; models that can: vgg16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "squeezenet1_1 cannot load Keras .h5 weights; models that can: inception_v3, mobilenet_v2, resnet50" in err
 
 
 # ---------------------------------------------------------------- full size

@@ -98,7 +98,7 @@ class KerasLayout:
 def keras_layout(entry: ZooEntry) -> KerasLayout:
     layout = entry.extra.get("keras")
     if not isinstance(layout, KerasLayout):
-        raise WeightsError(f"{model} cannot load Keras .h5 weights; models that can: {', '.join(keras_able())}")
+        raise WeightsError(f"{entry.name} cannot load Keras .h5 weights; models that can: {', '.join(keras_able())}")
     return layout
 
 

@@ -3,15 +3,24 @@
 ``features.0`` is the stem, ``features.1..17`` the inverted residual blocks (``.conv.N``),
 ``features.18`` the 1x1 head and ``classifier.1`` the linear layer, so torchvision's official
 ``mobilenet_v2-b0353104.pth`` loads unchanged.
+
+``keras=True`` builds Keras-applications' MobileNetV2 in the same module tree: batch norm eps 1e-3
+and TF 'same' padding for the strided convolutions (the stem and the stride-2 depthwise ones pad
+an even map by (0, 1), where torch pads (1, 1)).
 """
 
 from __future__ import annotations
+
+import re
+from functools import partial
 
 import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec
+from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasFile, KerasLayer, KerasLayout, tf_spec
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
+from imgclf.zoo.tf_padding import Conv2dSame
 
 # (expand ratio t, channels c, repeats n, first stride s), as in the paper's Table 2.
 SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -33,27 +42,28 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return new
 
 
-def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1, *,
+                  keras: bool = False) -> nn.Sequential:
     """Conv -> BatchNorm -> ReLU6 as one Sequential (torchvision's Conv2dNormActivation keys)."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU6(inplace=True),
-    )
+    if keras and stride > 1:
+        conv: nn.Conv2d = Conv2dSame(in_ch, out_ch, kernel, stride, groups=groups, bias=False)
+    else:
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_ch, eps=1e-3 if keras else 1e-5), nn.ReLU6(inplace=True))
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int, *, keras: bool = False) -> None:
         super().__init__()
         hidden = int(round(in_ch * expand))
         self.use_res_connect = stride == 1 and in_ch == out_ch
         layers: list[nn.Module] = []
         if expand != 1:
-            layers.append(conv_bn_relu6(in_ch, hidden, kernel=1))
+            layers.append(conv_bn_relu6(in_ch, hidden, kernel=1, keras=keras))
         layers += [
-            conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
+            conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden, keras=keras),
             nn.Conv2d(hidden, out_ch, 1, 1, 0, bias=False),  # linear bottleneck: no activation
-            nn.BatchNorm2d(out_ch),
+            nn.BatchNorm2d(out_ch, eps=1e-3 if keras else 1e-5),
         ]
         self.conv = nn.Sequential(*layers)
 
@@ -62,17 +72,18 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2, *,
+                 keras: bool = False) -> None:
         super().__init__()
         in_ch = make_divisible(32 * width_mult)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult))
-        features: list[nn.Module] = [conv_bn_relu6(3, in_ch, stride=2)]
+        features: list[nn.Module] = [conv_bn_relu6(3, in_ch, stride=2, keras=keras)]
         for t, c, n, s in SETTINGS:
             out_ch = make_divisible(c * width_mult)
             for i in range(n):
-                features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t))
+                features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, keras=keras))
                 in_ch = out_ch
-        features.append(conv_bn_relu6(in_ch, self.last_channel, kernel=1))
+        features.append(conv_bn_relu6(in_ch, self.last_channel, kernel=1, keras=keras))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channel, num_classes))
         for m in self.modules():
@@ -89,9 +100,43 @@ class MobileNetV2(nn.Module):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
 
+    def remove_top(self) -> None:
+        """No classifier: forward returns the pooled features (Keras ``include_top=False, pooling='avg'``)."""
+        self.classifier = nn.Identity()
+
 
 def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
     return MobileNetV2(num_classes=num_classes)
+
+
+_KERAS_FILE = re.compile(r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_(?P<alpha>[\d.]+)_(?P<rows>\d+)")
+
+
+def _keras_size(filename: str) -> int | None:
+    """Keras publishes MobileNetV2 weights per input size (``..._1.0_160.h5``): that size it expects."""
+    m = _KERAS_FILE.match(filename)
+    return int(m["rows"]) if m else None
+
+
+def keras_layout() -> KerasLayout:
+    """Keras MobileNetV2 names (width 1.0): ``Conv1``/``bn_Conv1``, ``expanded_conv_*`` for the
+    first block, ``block_<i>_{expand,depthwise,project}`` and ``_BN`` after, ``Conv_1``/``Conv_1_bn``,
+    ``predictions``."""
+    layers = [KerasLayer("Conv1", "conv", "features.0.0"), KerasLayer("bn_Conv1", "bn", "features.0.1")]
+    for block in range(17):
+        prefix, at = ("expanded_conv_", "features.1.conv") if block == 0 else (f"block_{block}_", f"features.{block + 1}.conv")
+        parts = [] if block == 0 else [("expand", "conv", "0.0"), ("expand_BN", "bn", "0.1")]
+        shift = 0 if block == 0 else 1
+        parts += [("depthwise", "depthwise", f"{shift}.0"), ("depthwise_BN", "bn", f"{shift}.1"),
+                  ("project", "conv", f"{shift + 1}"), ("project_BN", "bn", f"{shift + 2}")]
+        layers += [KerasLayer(prefix + name, kind, f"{at}.{sub}") for name, kind, sub in parts]
+    layers += [KerasLayer("Conv_1", "conv", "features.18.0"), KerasLayer("Conv_1_bn", "bn", "features.18.1"),
+               KerasLayer("predictions", "dense", "classifier.1", top=True)]
+    stem = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels"
+    files = tuple(KerasFile(f, f"{KERAS_APPLICATIONS_URL}mobilenet_v2/{f}", top)
+                  for f, top in ((f"{stem}_1.0_224.h5", True), (f"{stem}_1.0_224_no_top.h5", False)))
+    return KerasLayout(layers=tuple(layers), preprocess=tf_spec(224), files=files,
+                       build=partial(MobileNetV2, keras=True), size_from_filename=_keras_size)
 
 
 register(ZooEntry(
@@ -109,6 +154,6 @@ register(ZooEntry(
         package_path="weights/mobilenet_v2-b0353104.pth",
         license="BSD-3-Clause (torchvision)",
     ),
-    description="MobileNetV2, 224px; torchvision weights (ImageNet top-1 71.9%)",
-    extra={"classifier": "classifier.1", "imagenet_top1_published": 71.878},
+    description="MobileNetV2, 224px; torchvision weights (ImageNet top-1 71.9%); also loads Keras .h5 weights",
+    extra={"classifier": "classifier.1", "imagenet_top1_published": 71.878, "keras": keras_layout()},
 ))
