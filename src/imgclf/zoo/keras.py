@@ -240,17 +240,21 @@ def _list(names: list[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + ("..." if len(names) > n else "")
 
 
-def _whole_model_error(h5: KerasH5, model: str, why: str) -> WeightsError:
+def _whole_model_error(h5: KerasH5, layout: KerasLayout, model: str, why: str) -> WeightsError:
+    """A whole saved model that is not this zoo model: it carries its own architecture, so it
+    becomes a package through ``imgclf import``, not through a zoo entry."""
     config = h5.model_config or {}
     cfg = config.get("config") if isinstance(config.get("config"), dict) else {}
     keras_name = cfg.get("name") or config.get("class_name") or "model"
-    head = ""
+    what = f"a whole Keras model ({keras_name!r})"
     last = list(h5.layers.items())[-1] if h5.layers else None
-    if last is not None and last[1] and last[1][0].ndim == 2:
-        head = f", ending in {last[0]!r} with {last[1][0].shape[1]} outputs"
+    tops = {k.name for k in layout.layers if k.top}
+    if last is not None and last[1] and last[1][0].ndim == 2 and last[0] not in tops:
+        what = (f"a whole Keras model ({keras_name!r}) with its own head ({last[0]!r}, "
+                f"{last[1][0].shape[-1]} outputs)")
     name = h5.path.name
     return WeightsError(
-        f"{name} is a whole Keras model ({keras_name!r}{head}) with its own head, not {model} weights ({why}); "
+        f"{name} is {what}, not {model} weights ({why}); "
         f"turn it into a model package with: imgclf import {name} --labels labels.txt --out DIR"
     )
 
@@ -272,7 +276,7 @@ def match_layers(h5: KerasH5, layout: KerasLayout, model: str, *, include_top: b
         have = sorted((o, n) for n in leftover if (o := _auto_order(n, kind)) is not None)
         if len(have) != len(want):
             if h5.whole_model:
-                raise _whole_model_error(h5, model, f"{len(have)} {kind} layers where {len(want)} are expected")
+                raise _whole_model_error(h5, layout, model, f"{len(have)} {kind} layers where {len(want)} are expected")
             raise WeightsError(f"{name} does not fit {model}: {len(have)} unnamed {kind} layers "
                                f"({_list([n for _, n in have])}), expected {len(want)}")
         pairs += [(k, n) for k, (_, n) in zip(want, have, strict=True)]
@@ -282,7 +286,7 @@ def match_layers(h5: KerasH5, layout: KerasLayout, model: str, *, include_top: b
         return pairs
     if h5.whole_model:
         why = f"unexpected layers {_list(leftover)}" if leftover else f"missing layers {_list(missing)}"
-        raise _whole_model_error(h5, model, why)
+        raise _whole_model_error(h5, layout, model, why)
     tops = {k.name for k in layout.layers if k.top}
     if missing and set(missing) <= tops:
         if leftover:

@@ -145,7 +145,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    if path.suffix in (".h5", ".hdf5", ".keras"):
+    if path.suffix.lower() == ".keras":
+        raise WeightsError(
+            f"{path.name} is a whole Keras 3 model, not a weights file; turn it into a model package with: "
+            f"imgclf import {path.name} --labels labels.txt --out DIR"
+        )
+    if path.suffix.lower() in (".h5", ".hdf5"):
         raise WeightsError(f"{path.name}: Keras weights load through the Keras importer (imgclf.zoo.keras)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
