@@ -213,3 +213,29 @@ def test_layout_covers_every_keras_layer(name):
         assert sorted(state) == sorted(k for k in own if not k.endswith("num_batches_tracked"))
         for key, value in state.items():
             assert value.shape == tuple(own[key].shape), key
+
+
+def test_file_of_a_family_without_names_is_refused(made):
+    """InceptionV3 names no conv layer: a ResNet50 file (which has a 'predictions' layer too) still
+    does not pass for one."""
+    with pytest.raises(WeightsError, match=r"does not fit inception_v3: 0 auto-named conv layers \(conv2d_N\), "
+                                           r"expected 94 \(file has: conv1_conv"):
+        zoo.build("inception_v3", weights=str(made("resnet50").top_h5))
+
+
+@pytest.mark.parametrize(("name", "old"), [("mobilenet_v2", "Logits"), ("resnet50", "probs")])
+def test_classifier_under_its_keras_applications_1_name(name, old, made, tmp_path):
+    """The published files were written by keras-applications 1.0, which named some classifiers
+    differently ('Logits', 'probs'): they load all the same."""
+    import shutil
+
+    import h5py
+
+    m = made(name)
+    path = tmp_path / m.top_h5.name
+    shutil.copy(m.top_h5, path)
+    with h5py.File(path, "a") as f:
+        f.move("predictions", old)
+        f.attrs["layer_names"] = np.array([old.encode() if n == b"predictions" else n for n in f.attrs["layer_names"]])
+    model = zoo.build(name, weights=str(path))
+    assert_same_predictions(softmax(run(model, m.photos, SPECS[name]).astype(np.float32)), m.probs)

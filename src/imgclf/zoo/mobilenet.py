@@ -131,7 +131,8 @@ def keras_layout() -> KerasLayout:
                   ("project", "conv", f"{shift + 1}"), ("project_BN", "bn", f"{shift + 2}")]
         layers += [KerasLayer(prefix + name, kind, f"{at}.{sub}") for name, kind, sub in parts]
     layers += [KerasLayer("Conv_1", "conv", "features.18.0"), KerasLayer("Conv_1_bn", "bn", "features.18.1"),
-               KerasLayer("predictions", "dense", "classifier.1", top=True)]
+               # keras-applications 1.0 (which wrote the published files) named the classifier 'Logits'.
+               KerasLayer("predictions", "dense", "classifier.1", top=True, aliases=("Logits",))]
     stem = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels"
     files = tuple(KerasFile(f, f"{KERAS_APPLICATIONS_URL}mobilenet_v2/{f}", top)
                   for f, top in ((f"{stem}_1.0_224.h5", True), (f"{stem}_1.0_224_no_top.h5", False)))

@@ -106,7 +106,8 @@ def keras_layout(layers: tuple[int, ...] = (3, 4, 6, 3), name: str = "resnet50")
             for i in (1, 2, 3):
                 out += [KerasLayer(f"{keras}_{i}_conv", "conv", f"{torch_}.conv{i}"),
                         KerasLayer(f"{keras}_{i}_bn", "bn", f"{torch_}.bn{i}")]
-    out.append(KerasLayer("predictions", "dense", "fc", top=True))
+    # keras-applications 1.0 (which wrote the published file) named the classifier 'probs'.
+    out.append(KerasLayer("predictions", "dense", "fc", top=True, aliases=("probs",)))
     stem = f"{name}_weights_tf_dim_ordering_tf_kernels"
     files = tuple(KerasFile(f, f"{KERAS_APPLICATIONS_URL}resnet/{f}", top)
                   for f, top in ((f"{stem}.h5", True), (f"{stem}_notop.h5", False)))
