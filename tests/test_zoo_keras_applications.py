@@ -236,6 +236,7 @@ def test_classifier_under_its_keras_applications_1_name(name, old, made, tmp_pat
     shutil.copy(m.top_h5, path)
     with h5py.File(path, "a") as f:
         f.move("predictions", old)
-        f.attrs["layer_names"] = np.array([old.encode() if n == b"predictions" else n for n in f.attrs["layer_names"]])
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+        f.attrs["layer_names"] = np.array([(old if n == "predictions" else n).encode() for n in names])
     model = zoo.build(name, weights=str(path))
     assert_same_predictions(softmax(run(model, m.photos, SPECS[name]).astype(np.float32)), m.probs)
