@@ -408,6 +408,15 @@ def test_theano_and_keras3_files_are_refused(tiny_entry, tiny_h5, tmp_path):
         zoo.build(TINY_NAME, weights=str(keras3))
 
 
+def test_damaged_file_is_refused(tiny_entry, tiny_h5, tmp_path):
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(tiny_h5.read_bytes())
+    with h5py.File(damaged, "a") as f:
+        del f["block3_conv2/block3_conv2/kernel:0"]
+    with pytest.raises(WeightsError, match="damaged.h5 is damaged: cannot read the weights of layer 'block3_conv2'"):
+        zoo.build(TINY_NAME, weights=str(damaged))
+
+
 def test_cli_reports_bad_keras_file_in_one_line(tiny_entry, photo_jpeg, tmp_path, capsys):
     bogus = tmp_path / "weights.h5"
     bogus.write_bytes(b"not an HDF5 file at all")

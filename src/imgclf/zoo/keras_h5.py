@@ -102,11 +102,14 @@ def read_keras_file(path: str | Path) -> KerasH5:
             if not isinstance(group, h5py.Group):
                 raise WeightsError(f"{path.name} lists layer {name!r} but holds no weights for it")
             wnames = _attr_strings(group, "weight_names")
-            if wnames:
-                arrays = [np.asarray(group[w]) for w in wnames]
-            else:
-                found = _datasets(group)
-                wnames, arrays = list(found), list(found.values())
+            try:
+                if wnames:
+                    arrays = [np.asarray(group[w]) for w in wnames]
+                else:
+                    found = _datasets(group)
+                    wnames, arrays = list(found), list(found.values())
+            except (KeyError, OSError, ValueError) as exc:  # a weight the layer lists is absent or unreadable
+                raise WeightsError(f"{path.name} is damaged: cannot read the weights of layer {name!r} ({exc})") from None
             if arrays:
                 layers[name], weight_names[name] = arrays, wnames
     return KerasH5(path, layers, weight_names, config)
