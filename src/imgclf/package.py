@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from imgclf import __version__
 from imgclf.cache import cache_home
+from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -31,7 +32,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 OutputKind = Literal["logits", "probabilities"]
 
 
-class PackageError(ValueError):
+class PackageError(UserError, ValueError):
     """A model package is missing, incomplete or inconsistent."""
 
 
