@@ -49,7 +49,7 @@ VIOLATIONS = {
     "floor": ("images.py", "import imgclf.package\n"),
     "imports only": ("server/planted.py", "import imgclf.samples\n"),
     "never reaches torch": ("server/planted_torch.py", "import imgclf.engines.torch\n"),
-    "torch-free": ("data/__init__.py", "import torch\n"),
+    "torch-free": ("data/planted.py", "import torch\n"),
     "commands": ("zoo/planted.py", "from imgclf.commands import predict\n"),
 }
 
@@ -63,9 +63,7 @@ def test_each_contract_fails_when_its_rule_is_broken(tmp_path):
     for rel, line in VIOLATIONS.values():
         target = tmp_path / "src" / "imgclf" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        # data/ may not exist yet: a new package whose __init__ imports torch must still be caught.
-        if target.name == "__init__.py" and not target.exists():
-            (target.parent / "reader.py").write_text(line)
+        (target.parent / "__init__.py").touch()  # a package planted whole where none exists yet
         target.write_text((target.read_text() if target.exists() else "") + line)
     out = lint_imports(tmp_path / "src", tmp_path / "pyproject.toml")
     assert out.returncode != 0

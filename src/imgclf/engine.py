@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from imgclf.engines.onnxruntime import OnnxEngine, default_threads
-from imgclf.engines.outputs import Array, OutputKind, softmax, to_probabilities
+from imgclf.engines.outputs import Array, softmax, to_probabilities
+from imgclf.package import OutputKind
 from imgclf.preprocess import PreprocessSpec
 
 __all__ = ["Array", "Engine", "OnnxEngine", "OutputKind", "Prediction", "default_threads", "softmax",

@@ -24,7 +24,8 @@ def softmax(x: npt.NDArray[Any]) -> Array:
     """Row-wise softmax in float64 (no overflow for large logits), returned as float32."""
     z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    probs: Array = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return probs
 
 
 def to_probabilities(outputs: npt.NDArray[Any], kind: OutputKind) -> Array:
