@@ -16,5 +16,9 @@ class UserError(Exception):
     exit_code = 2
 
 
-class UnknownModelError(UserError, LookupError):
-    """A model name that is neither in the zoo nor a package directory."""
+class UnknownModelError(UserError, KeyError):
+    """A name no registry knows (zoo model, architecture, label set). A ``KeyError`` too, for the
+    callers that look names up with ``try/except KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown name"
