@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "models"
 HELP = "list the model zoo: parameters, input size and whether weights are available here"
@@ -11,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def rows() -> list[dict]:
+def rows() -> list[dict[str, Any]]:
     from imgclf.zoo import DEFAULT_MODEL, entries
     from imgclf.zoo.weights import availability
 
