@@ -46,10 +46,13 @@ def test_every_user_facing_error_type_derives_from_the_root():
 
 def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path, sample_jpegs):
     photo = str(sample_jpegs["chelsea"])
+    (tmp_path / "net.onnx").write_bytes(b"onnx")
     cases = [
         (["predict", "--model", "resnet9000", photo], "unknown model 'resnet9000'"),
         (["predict", "--model", str(tmp_path / "nowhere"), photo], "does not exist"),
         (["predict", "--model", str(tmp_path), photo], "is not a model package"),
+        (["predict", "--model", str(tmp_path / "net.onnx"), photo], "wrap it into a model package"),
+        (["predict", "--model", photo, photo], "is not a readable checkpoint"),
         (["export", "resnet9000", "--out", str(tmp_path / "pkg")], "unknown model 'resnet9000'"),
         (["evaluate", "resnet9000", "--data", str(tmp_path)], "unknown model 'resnet9000'"),
         (["import", str(tmp_path / "x.onnx"), "--labels", photo, "--out", str(tmp_path / "p")], "is not UTF-8 text"),

@@ -63,6 +63,11 @@ def locate(arg: str, *, model_dir: str | os.PathLike[str] | None = None) -> Mode
     if looks_like_path(arg):
         path = Path(arg)
         if path.is_file():
+            if path.suffix.lower() == ".onnx":
+                raise PackageError(f"{arg} is a bare ONNX file: wrap it into a model package with "
+                                   "'imgclf import' (labels and preprocessing), then pass the package folder")
+            if path.name == "model.json":
+                raise PackageError(f"pass the package folder {str(path.parent)!r}, not its model.json")
             return ModelRef(arg, "checkpoint", path)
         if not path.exists():
             raise PackageError(f"{arg} does not exist (expected a model package folder, a training "
