@@ -241,9 +241,9 @@ def main() -> int:
     ap.add_argument("--overload-queue", type=int, default=8, help="queue size for the overload run (default 8)")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
+    from imgclf.resolve import package_dirs
 
-    (package,) = resolve_models([args.model], None)  # exports a zoo model in a child process if needed
+    (package,) = package_dirs([args.model], None)  # exports a zoo model in a child process if needed
     with tempfile.TemporaryDirectory() as tmp:
         images = read_images(args.images, Path(tmp))
     from imgclf.package import load_package

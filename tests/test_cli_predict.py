@@ -28,10 +28,10 @@ def reuse_engines(monkeypatch, engines):
     """Build each model once per module; the CLI still goes through the real resolution."""
     real = resolve.load_engine
 
-    def cached(model, *, weights=None, threads=None):
-        key = (model, weights)
+    def cached(model, *, weights=None, threads=None, runtime="auto"):
+        key = (model, weights, runtime)
         if key not in engines:
-            engines[key] = real(model, weights=weights, threads=threads)
+            engines[key] = real(model, weights=weights, threads=threads, runtime=runtime)
         return engines[key]
 
     monkeypatch.setattr(resolve, "load_engine", cached)

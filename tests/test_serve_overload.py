@@ -8,11 +8,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from serve_support import assert_error, jpeg_bytes, wait_ready
 
-from imgclf.engine import OnnxEngine
+from imgclf.engine import OnnxEngine, to_probabilities
 from imgclf.package import load_package
 from imgclf.server import ServerConfig, create_app
 
@@ -23,6 +24,7 @@ class SlowEngine:
     def __init__(self, inner: OnnxEngine, seconds: float) -> None:
         self.inner, self.seconds = inner, seconds
         self.labels, self.spec, self.name = inner.labels, inner.spec, "slow"
+        self.version, self.output_kind = inner.version, inner.output_kind
         self.rows_run = 0
         self.armed = threading.Event()  # slow only once the warm-up is over
         self.running = threading.Event()  # set once a slow batch has started
@@ -33,6 +35,13 @@ class SlowEngine:
             time.sleep(self.seconds)
             self.rows_run += len(batch)
         return self.inner.logits(batch)
+
+    def probabilities(self, batch):
+        return to_probabilities(self.logits(batch), self.output_kind)
+
+    def warmup(self, batch_sizes=(1,)):
+        for n in batch_sizes:
+            self.logits(np.zeros((n, self.spec.channels, self.spec.input_size, self.spec.input_size), np.float32))
 
 
 def serve_slow(serve_model_dir, seconds: float, **config):

@@ -2,6 +2,10 @@
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 Heavy imports (torch, the server) happen inside ``run`` so ``imgclf --help`` stays instant.
+
+Errors: a :class:`~imgclf.errors.UserError` (the root of every error a user can fix) becomes one
+line on stderr and exit code 2; a file the user named that does not exist likewise. Anything else
+is a bug: Python prints its traceback and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 from imgclf import __version__
-from imgclf.errors import user_error_types
+from imgclf.errors import UserError
 
 COMMANDS = ["models", "predict", "export", "import_onnx", "serve", "train", "evaluate", "experiment", "finetune"]
 
@@ -45,15 +50,24 @@ def main(argv: list[str] | None = None) -> int:
         # `imgclf predict ... | head`: the reader left; stay quiet like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except user_error_types() as exc:
+    except UserError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
-    except KeyError as exc:  # unknown zoo name and the like carry a readable message
-        print(f"imgclf: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except FileNotFoundError as exc:
+        if exc.filename is None:  # not a path the user named: a bug
+            return internal_error()
         print(f"imgclf: error: no such file: {exc.filename}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a bug: show where, and do not pass it off as the user's mistake
+        return internal_error()
+
+
+def internal_error() -> int:
+    """Print the exception being handled with its traceback; exit code 1."""
+    traceback.print_exc()
+    print(f"imgclf {__version__}: internal error (the traceback above is a bug; please report it)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""Errors a user can cause. The CLI turns these into one clear line and a non-zero exit."""
+"""The root of every error a user can cause and fix.
+
+Whatever raises one of these has written its message for a person: the CLI prints it as one line
+(``imgclf: error: ...``) and exits with :attr:`UserError.exit_code`; the server answers it with a
+JSON error. Anything else that escapes is a bug: the CLI prints its traceback and exits 1.
+Subclasses keep a builtin base where callers already catch one (``class PackageError(UserError,
+ValueError)``).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,9 @@ class UserError(Exception):
     exit_code = 2
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every exception type whose message is written for a user (no traceback needed)."""
-    from imgclf.images import ImageDecodeError
-    from imgclf.package import PackageError
+class UnknownModelError(UserError, KeyError):
+    """A name no registry knows (zoo model, architecture, label set). A ``KeyError`` too, for the
+    callers that look names up with ``try/except KeyError``."""
 
-    types: list[type[BaseException]] = [UserError, ImageDecodeError, PackageError]
-    try:
-        from imgclf.zoo.weights import WeightsError
-
-        types.append(WeightsError)
-    except ImportError:  # pragma: no cover - zoo needs nothing beyond the base install
-        pass
-    return tuple(types)
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown name"

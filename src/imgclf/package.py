@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from imgclf import __version__
 from imgclf.cache import cache_home
+from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -31,7 +32,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 OutputKind = Literal["logits", "probabilities"]
 
 
-class PackageError(ValueError):
+class PackageError(UserError, ValueError):
     """A model package is missing, incomplete or inconsistent."""
 
 
@@ -286,8 +287,15 @@ def read_labels_file(path: str | os.PathLike[str]) -> list[str]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise PackageError(f"cannot read labels file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PackageError(f"labels file {p} is not UTF-8 text (one label per line, or a JSON list)") from None
     if text.lstrip().startswith("["):
-        labels = json.loads(text)
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PackageError(f"labels file {p} starts like a JSON list but is not valid JSON: {exc}") from None
+        if not isinstance(labels, list):
+            raise PackageError(f"labels file {p} must hold a JSON list of labels")
     else:
         labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:

@@ -1,53 +1,227 @@
-"""Turn a ``--model`` argument (zoo name or package directory) into an engine or a package."""
+"""Turn a ``--model`` argument into a model: the one place every command and :func:`imgclf.load` do it.
+
+A model argument is one of:
+
+* a **model package** directory (``model.json`` + ``model.onnx``): runs on ONNX Runtime, no torch;
+* a **training checkpoint** file (``last.pt``/``best.pt`` of ``imgclf train``): runs in torch;
+* a **zoo name** (``imgclf models``): runs in torch, or is exported once into the package cache
+  when a package is needed (the server, ``engine="onnxruntime"``);
+* with a server's model directory, the name of a package in it.
+
+:func:`locate` only looks at the filesystem (no torch, nothing loaded); :func:`open_model` and
+:func:`load_engine` give an :class:`~imgclf.engine.Engine`; :func:`ensure_package` and
+:func:`package_dirs` give packages, the latter without importing torch in the calling process.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from imgclf.errors import UserError
-from imgclf.package import ModelPackage, cache_dir, is_package_dir, load_package
+from imgclf.errors import UnknownModelError, UserError
+from imgclf.package import ModelPackage, PackageError, cache_dir, is_package_dir, load_package
+
+if TYPE_CHECKING:
+    from imgclf.engine import Engine
+    from imgclf.zoo.registry import ZooEntry
+
+ModelKind = Literal["package", "checkpoint", "zoo"]
+# Which runtime runs the model: "auto" is ONNX Runtime for packages and torch for zoo names and
+# checkpoints (no export step before the first answer).
+Runtime = Literal["auto", "onnxruntime", "torch"]
+RUNTIMES: tuple[Runtime, ...] = ("auto", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model argument names, decided from the filesystem alone."""
+
+    arg: str
+    kind: ModelKind
+    path: Path | None = None  # the package directory or checkpoint file
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An engine ready to run, with what it was loaded from."""
+
+    ref: ModelRef
+    engine: Engine
+    package: ModelPackage | None = None  # set when the engine runs a package
+    checkpoint_meta: Mapping[str, Any] | None = None  # the ``meta`` of a training checkpoint
 
 
 def looks_like_path(arg: str) -> bool:
     return os.sep in arg or arg.startswith(".") or Path(arg).exists()
 
 
-def load_engine(model: str, *, weights: str | None = None, threads: int | None = None):
-    """A package directory runs on ONNX Runtime; a zoo name runs in-process on torch."""
-    if looks_like_path(model):
-        if weights:
-            raise UserError("--weights applies to zoo models, not to a package directory")
-        from imgclf.engine import OnnxEngine
+def locate(arg: str, *, model_dir: str | os.PathLike[str] | None = None) -> ModelRef:
+    """Classify ``arg``; a path that names nothing usable is a :class:`~imgclf.package.PackageError`."""
+    if looks_like_path(arg):
+        path = Path(arg)
+        if path.is_file():
+            if path.suffix.lower() == ".onnx":
+                raise PackageError(f"{arg} is a bare ONNX file: wrap it into a model package with "
+                                   "'imgclf import' (labels and preprocessing), then pass the package folder")
+            if path.name == "model.json":
+                raise PackageError(f"pass the package folder {str(path.parent)!r}, not its model.json")
+            return ModelRef(arg, "checkpoint", path)
+        if not path.exists():
+            raise PackageError(f"{arg} does not exist (expected a model package folder, a training "
+                               "checkpoint or a zoo model name; see 'imgclf models')")
+        if not is_package_dir(path):
+            raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
+        return ModelRef(arg, "package", path)
+    if model_dir is not None and is_package_dir(Path(model_dir) / arg):
+        return ModelRef(arg, "package", Path(model_dir) / arg)
+    return ModelRef(arg, "zoo")
 
-        return OnnxEngine(load_package(model), threads=threads)
+
+def zoo_entry(name: str) -> ZooEntry:
+    """The zoo entry ``name``; an unknown name is an :class:`~imgclf.errors.UnknownModelError`."""
+    from imgclf.zoo import registry
+
+    try:
+        return registry.get(name)
+    except KeyError as exc:  # the registry reports an unknown name as a KeyError with a readable message
+        raise UnknownModelError(str(exc.args[0]) if exc.args else f"unknown model {name!r}") from None
+
+
+def open_model(arg: str, *, weights: str | None = None, threads: int | None = None,
+               runtime: Runtime = "auto", model_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load ``arg`` (see the module docstring) as an engine on ``runtime``."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"engine must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    ref = locate(arg, model_dir=model_dir)
+    if weights and ref.kind != "zoo":
+        raise UserError(f"--weights applies to zoo models, not to a {'package directory' if ref.kind == 'package' else 'checkpoint'}")
+    if ref.kind == "package":
+        if runtime == "torch":
+            raise UserError(f"{arg} is a model package, which runs on ONNX Runtime, not torch")
+        assert ref.path is not None
+        return _package_model(ref, load_package(ref.path), threads)
+    if ref.kind == "checkpoint":
+        if runtime == "onnxruntime":
+            raise UserError(f"{arg} is a training checkpoint, which runs in torch; its run's package/ "
+                            "folder runs on ONNX Runtime")
+        return _checkpoint_model(ref)
+    if runtime == "onnxruntime":
+        return _package_model(ref, ensure_package(arg, weights=weights), threads)
+    return LoadedModel(ref, _zoo_engine(arg, weights))
+
+
+def load_engine(model: str, *, weights: str | None = None, threads: int | None = None,
+                runtime: Runtime = "auto") -> Engine:
+    """The engine of :func:`open_model`: a package on ONNX Runtime, a zoo name or checkpoint in torch."""
+    return open_model(model, weights=weights, threads=threads, runtime=runtime).engine
+
+
+def _package_model(ref: ModelRef, package: ModelPackage, threads: int | None) -> LoadedModel:
+    from imgclf.engines.onnxruntime import OnnxEngine
+
+    return LoadedModel(ref, OnnxEngine(package, threads=threads), package=package)
+
+
+def _zoo_engine(name: str, weights: str | None) -> Engine:
     from imgclf import zoo
-    from imgclf.torch_engine import TorchEngine
+    from imgclf.engines.torch import TorchEngine
     from imgclf.zoo.labels import get_labels
     from imgclf.zoo.loading import preprocess_for
 
-    entry = zoo.get(model)
-    net = zoo.build(model, weights=weights)
-    return TorchEngine(net, name=entry.name, labels=list(get_labels(entry.labels)),
-                       spec=preprocess_for(entry, weights))
+    entry = zoo_entry(name)
+    net = zoo.build(name, weights=weights)
+    return TorchEngine(net, name=entry.name, labels=get_labels(entry.labels), spec=preprocess_for(entry, weights))
+
+
+def _checkpoint_model(ref: ModelRef) -> LoadedModel:
+    from imgclf.engines.torch import TorchEngine
+    from imgclf.preprocess import PreprocessSpec
+    from imgclf.train.loop import load_checkpoint
+    from imgclf.train.models import model_from_checkpoint
+
+    assert ref.path is not None
+    ckpt = load_checkpoint(ref.path)
+    meta: dict[str, Any] = dict(ckpt.get("meta") or {})
+    try:
+        net = model_from_checkpoint(ckpt)
+        spec = PreprocessSpec.from_dict(meta["spec"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot rebuild the model of {ref.path}: {exc}") from None
+    engine = TorchEngine(net, name=str(meta.get("recipe", ref.path.stem)), labels=[str(c) for c in meta["classes"]],
+                         spec=spec)
+    return LoadedModel(ref, engine, checkpoint_meta=meta)
 
 
 def ensure_package(model: str, *, weights: str | None = None, quiet: bool = False) -> ModelPackage:
     """A package for ``model``: the directory itself, or the zoo model exported once into the cache.
 
-    Exporting imports torch; callers that must stay torch-free (the server) run this in a
-    separate process first.
+    Exporting imports torch; callers that must stay torch-free (the server) use :func:`package_dirs`,
+    which runs the export in a separate process.
     """
-    if looks_like_path(model):
-        if not is_package_dir(model):
-            raise UserError(f"{model} is not a model package (no model.json)")
-        return load_package(model)
-    cached = cache_dir() / model
+    ref = locate(model)
+    if ref.kind == "checkpoint":
+        raise PackageError(f"{model} is not a model package (a folder with model.json and model.onnx); "
+                           "a training run writes its package to the run's package/ folder")
+    if ref.kind == "package":
+        if weights:
+            raise UserError("--weights applies to zoo models, not to a package directory")
+        assert ref.path is not None
+        return load_package(ref.path)
+    entry = zoo_entry(model)  # an unknown name fails here, before any export message
+    cached = cache_dir() / entry.name
     if weights is None and is_package_dir(cached):
         return load_package(cached)
     from imgclf.export import export_zoo_model
 
+    target = cached if weights is None else cache_dir() / f"{entry.name}-custom"
     if not quiet:
-        print(f"exporting {model} to {cached} (once) ...", flush=True)
-    target = cached if weights is None else cache_dir() / f"{model}-custom"
+        print(f"exporting {model} to {target} (once) ...", flush=True)
     return export_zoo_model(model, target, weights=weights).package
+
+
+def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """Model arguments -> package directories, without importing torch in this process (the server).
+
+    No arguments means every package in ``model_dir``, else the default zoo model. Zoo names found
+    neither in ``model_dir`` nor in the package cache are exported by a spawned child process.
+    """
+    from imgclf.zoo.registry import DEFAULT_MODEL
+
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise UserError(f"--model-dir {model_dir} is not a directory")
+    if not models:
+        if model_dir is not None:
+            return sorted(p for p in Path(model_dir).iterdir() if not p.name.startswith(".") and is_package_dir(p))
+        models = [DEFAULT_MODEL]
+    found: dict[str, Path] = {}
+    to_export: list[str] = []
+    for arg in models:
+        ref = locate(arg, model_dir=model_dir)
+        if ref.kind == "checkpoint":
+            raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
+        if ref.path is not None:
+            found[arg] = ref.path
+        elif is_package_dir(cache_dir() / arg):
+            found[arg] = cache_dir() / arg
+        else:
+            to_export.append(arg)
+    found.update(_export_in_a_child(to_export))
+    return [found[arg] for arg in models]
+
+
+def _export_one(model: str) -> str:
+    """Runs in the spawned child: export a zoo model to the package cache (torch is imported there)."""
+    return str(ensure_package(model).path)
+
+
+def _export_in_a_child(names: list[str]) -> dict[str, Path]:
+    if not names:
+        return {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return {name: Path(pool.submit(_export_one, name).result()) for name in names}

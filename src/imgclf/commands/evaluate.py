@@ -4,8 +4,12 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.resolve import LoadedModel
 
 NAME = "evaluate"
 HELP = "accuracy, top-5, per-class precision/recall and a confusion matrix of a package or checkpoint on a dataset"
@@ -26,42 +30,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _engine(model: str):  # noqa: ANN202 - an Engine
-    """A checkpoint file runs in torch; a package on ONNX Runtime; a zoo name in torch."""
-    path = Path(model)
-    if path.is_file():
-        from imgclf.preprocess import PreprocessSpec
-        from imgclf.torch_engine import TorchEngine
-        from imgclf.train.loop import load_checkpoint
-        from imgclf.train.models import model_from_checkpoint
-
-        ckpt = load_checkpoint(path)
-        meta = ckpt.get("meta") or {}
-        try:
-            net = model_from_checkpoint(ckpt)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"cannot rebuild the model of {path}: {exc}") from None
-        engine = TorchEngine(net, name=str(meta.get("recipe", path.stem)), labels=list(meta["classes"]),
-                             spec=PreprocessSpec.from_dict(meta["spec"]))
-        return engine, {"val_fraction": meta.get("val_fraction"), "seed": meta.get("seed", 0)}
-    from imgclf.resolve import load_engine
-
-    engine = load_engine(model)
-    prov = getattr(getattr(engine, "package", None), "meta", None)
-    settings = (prov.provenance.get("recipe_settings") or {}) if prov is not None else {}
-    return engine, {"val_fraction": (settings.get("data") or {}).get("val_fraction"),
-                    "seed": (settings.get("run") or {}).get("seed", 0)}
+def split_defaults(loaded: LoadedModel) -> tuple[float | None, int]:
+    """The validation fraction and seed the model was trained with, so its val split is rebuilt alike."""
+    if loaded.checkpoint_meta is not None:
+        meta = loaded.checkpoint_meta
+        return meta.get("val_fraction"), int(meta.get("seed") or 0)
+    if loaded.package is not None:
+        settings = loaded.package.meta.provenance.get("recipe_settings") or {}
+        return (settings.get("data") or {}).get("val_fraction"), int((settings.get("run") or {}).get("seed") or 0)
+    return None, 0
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.resolve import open_model
     from imgclf.train.evaluate import evaluate_engine, format_evaluation, write_evaluation
     from imgclf.train.sources import open_dataset
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    engine, split_defaults = _engine(args.model)
-    val_fraction = args.val_fraction if args.val_fraction is not None else split_defaults["val_fraction"]
-    seed = args.seed if args.seed is not None else int(split_defaults["seed"] or 0)
+    loaded = open_model(args.model)
+    engine = loaded.engine
+    trained_fraction, trained_seed = split_defaults(loaded)
+    val_fraction = args.val_fraction if args.val_fraction is not None else trained_fraction
+    seed = args.seed if args.seed is not None else trained_seed
     dataset = open_dataset(args.data, args.format, val_fraction=val_fraction, seed=seed)
     split = args.split or ("test" if "test" in dataset.splits else "val")
     ev = evaluate_engine(engine, dataset, split, batch_size=args.batch_size, workers=args.workers,

@@ -15,7 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.export import export_zoo_model
+    from imgclf.resolve import zoo_entry
 
+    zoo_entry(args.model)  # an unknown name is a one-line error before anything is built
     report = export_zoo_model(args.model, args.out, weights=args.weights, allow_download=not args.offline)
     pkg = report.package
     print(f"wrote {pkg.path} ({pkg.onnx_path.stat().st_size / 1e6:.1f} MB ONNX, {len(pkg.labels)} labels)")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "models"
 HELP = "list the model zoo: parameters, input size, whether weights are here and which weight files each takes"
@@ -12,13 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def weight_files(entry) -> list[dict]:
+def weight_files(entry: Any) -> list[dict[str, Any]]:
     """Every weights file ``entry`` takes: its default (shipped in a package or at its URL), then
     the Keras-applications files, each with the preprocessing that goes with it."""
     from imgclf.zoo.keras import KerasLayout
     from imgclf.zoo.weights import availability
 
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     src = entry.weights
     keras_default = bool(src and src.filename.lower().endswith((".h5", ".hdf5")))
     if src is not None:
@@ -40,7 +41,7 @@ def weight_files(entry) -> list[dict]:
     return out
 
 
-def rows() -> list[dict]:
+def rows() -> list[dict[str, Any]]:
     from imgclf.zoo import DEFAULT_MODEL, entries
     from imgclf.zoo.keras import KerasLayout
     from imgclf.zoo.weights import availability

@@ -1,10 +1,17 @@
+"""``imgclf predict``: a thin wrapper over :func:`imgclf.load` and :meth:`Classifier.predict_files`."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.classifier import FileResult
 
 NAME = "predict"
 HELP = "classify image files or folders with a zoo model or a model package"
@@ -22,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.pipeline import classify_files, expand_paths
-    from imgclf.resolve import load_engine
+    from imgclf.classifier import load
+    from imgclf.pipeline import expand_paths
     from imgclf.zoo.registry import DEFAULT_MODEL
 
     if args.top_k < 1:
@@ -33,24 +40,23 @@ def run(args: argparse.Namespace) -> int:
     files = expand_paths(args.images)
     if not files:
         raise UserError("no image files found in " + ", ".join(args.images))
-    engine = load_engine(args.model or DEFAULT_MODEL, weights=args.weights)
-    results = classify_files(engine, files, k=args.top_k, batch_size=args.batch_size,
-                             progress=False if args.no_progress else None)
+    classifier = load(args.model or DEFAULT_MODEL, weights=args.weights, batch_size=args.batch_size)
+    results = classifier.predict_files(files, k=args.top_k, progress=False if args.no_progress else None)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print_table(results)
-    failed = [r for r in results if "error" in r]
+    failed = [r for r in results if r.error is not None]
     for r in failed:
-        print(f"imgclf: error: {r['file']}: {r['error']}", file=sys.stderr)
+        print(f"imgclf: error: {r.file}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: Sequence[FileResult]) -> None:
     for r in results:
-        print(r["file"])
-        if "error" in r:
-            print(f"  error: {r['error']}")
+        print(r.file)
+        if r.predictions is None:
+            print(f"  error: {r.error}")
             continue
-        for q in r["predictions"]:
-            print(f"  {q['score']:7.2%}  {q['label']} ({q['index']})")
+        for q in r.predictions:
+            print(f"  {q.score:7.2%}  {q.label} ({q.index})")

@@ -5,7 +5,6 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 
 from imgclf.errors import UserError
 
@@ -39,58 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
 
-def _export_in_child(model: str) -> str:
-    """Runs in a spawned process: export a zoo model to the package cache (imports torch there)."""
-    from imgclf import zoo
-    from imgclf.resolve import ensure_package
-
-    zoo.get(model)  # an unknown name fails here, before any export message
-    return str(ensure_package(model).path)
-
-
-def export_zoo_models(names: list[str]) -> dict[str, Path]:
-    """Zoo names -> cached package directories, exporting in a separate process.
-
-    The serving process must never import torch; a spawned child does the export and exits.
-    """
-    if not names:
-        return {}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return {name: Path(pool.submit(_export_in_child, name).result()) for name in names}
-
-
-def resolve_models(models: list[str], model_dir: str | None) -> list[Path]:
-    """``--model`` arguments -> package directories, without importing torch in this process."""
-    from imgclf.package import cache_dir, is_package_dir
-    from imgclf.resolve import looks_like_path
-    from imgclf.zoo.registry import DEFAULT_MODEL
-
-    if model_dir is not None and not Path(model_dir).is_dir():
-        raise UserError(f"--model-dir {model_dir} is not a directory")
-    if not models:
-        if model_dir is not None:
-            return sorted(p for p in Path(model_dir).iterdir() if not p.name.startswith(".") and is_package_dir(p))
-        models = [DEFAULT_MODEL]
-    found: dict[str, Path] = {}
-    to_export: list[str] = []
-    for arg in models:
-        if looks_like_path(arg):
-            if not is_package_dir(arg):
-                raise UserError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
-            found[arg] = Path(arg)
-        elif model_dir is not None and is_package_dir(Path(model_dir) / arg):
-            found[arg] = Path(model_dir) / arg
-        elif is_package_dir(cache_dir() / arg):
-            found[arg] = cache_dir() / arg
-        else:
-            to_export.append(arg)
-    found.update(export_zoo_models(to_export))
-    return [found[arg] for arg in models]
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -116,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgclf.package import load_package
+    from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
 
-    paths = resolve_models(args.model, args.model_dir)
+    paths = package_dirs(args.model, args.model_dir)
     for path in paths:
         load_package(path)  # a broken package stops here with a clear message, before listening
     try:

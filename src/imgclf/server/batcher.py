@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgclf.engine import Array
+
 log = logging.getLogger("imgclf.server")
 
 # (batch size, per-row queue seconds, inference seconds)
 BatchCallback = Callable[[int, list[float], float], None]
+# What runs a batch: an engine's ``logits`` (``(N, C, S, S)`` in, ``(N, K)`` out), or any such function.
+Infer = Callable[[Array], Array]
 
 
 class QueueFullError(Exception):
@@ -41,8 +45,8 @@ class BatcherClosedError(Exception):
 
 @dataclass(eq=False)
 class _Row:
-    x: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    x: Array
+    future: asyncio.Future[Array]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -64,7 +68,7 @@ class Admission:
             self._batcher._reserved -= self._held
             self._held = 0
 
-    async def submit(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+    async def submit(self, rows: Sequence[Array]) -> list[Array]:
         """Queue the decoded rows and wait for their outputs (in order)."""
         if len(rows) != self._held:
             raise ValueError(f"admitted {self._held} rows, submitted {len(rows)}")
@@ -72,7 +76,7 @@ class Admission:
 
 
 class MicroBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, name: str, max_batch_size: int = 16,
+    def __init__(self, infer: Infer, *, name: str, max_batch_size: int = 16,
                  max_delay_ms: float = 5.0, queue_size: int = 128, on_batch: BatchCallback | None = None) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -111,7 +115,7 @@ class MicroBatcher:
         self._reserved += n
         return Admission(self, n)
 
-    async def _submit(self, rows: Sequence[np.ndarray], admission: Admission) -> list[np.ndarray]:
+    async def _submit(self, rows: Sequence[Array], admission: Admission) -> list[Array]:
         if self._stopped:  # admitted before an unload that did not wait for it
             raise BatcherClosedError(f"model {self.name!r} was unloaded")
         loop = asyncio.get_running_loop()
@@ -185,7 +189,7 @@ class MicroBatcher:
                 break
         return batch
 
-    def _run(self, rows: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _run(self, rows: list[Array]) -> tuple[Array, float]:
         t0 = time.perf_counter()
         out = self._infer(np.stack(rows))
         return out, time.perf_counter() - t0

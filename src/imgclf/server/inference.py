@@ -20,7 +20,7 @@ import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from imgclf.engine import softmax, top_k
+from imgclf.engine import to_probabilities, top_k
 from imgclf.images import ImageDecodeError
 from imgclf.pipeline import prepare
 from imgclf.server.batcher import BatcherClosedError, QueueFullError
@@ -165,7 +165,7 @@ class Inference:
 
     @staticmethod
     def probabilities(model: ServedModel, out: np.ndarray) -> np.ndarray:
-        return out.astype(np.float32) if model.output_kind == "probabilities" else softmax(out)
+        return to_probabilities(out, model.output_kind)
 
 
 def predictions_json(model: ServedModel, probs: np.ndarray, k: int) -> list[list[dict[str, Any]]]:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from imgclf.engine import OnnxEngine
+from imgclf.engine import Engine, OutputKind
+from imgclf.engines.onnxruntime import OnnxEngine
 from imgclf.package import ModelPackage, PackageError, check_name, is_package_dir, load_package
 from imgclf.preprocess import PreprocessSpec
 from imgclf.server.batcher import MicroBatcher
@@ -29,21 +28,29 @@ log = logging.getLogger("imgclf.server")
 
 @dataclass(eq=False)
 class ServedModel:
-    name: str
-    engine: Any  # OnnxEngine, or anything with .logits(batch), .labels, .spec
+    """A model as the server holds it: its engine, its batcher and the package it came from."""
+
+    name: str  # what the routes call it (a package in the model directory: its folder's name)
+    engine: Engine
     batcher: MicroBatcher
-    version: str = "1"
     package: ModelPackage | None = None
-    output_kind: str = "logits"
     loaded_at: float = field(default_factory=time.time)
 
     @property
+    def version(self) -> str:
+        return self.engine.version
+
+    @property
     def labels(self) -> list[str]:
-        return self.engine.labels
+        return list(self.engine.labels)
 
     @property
     def spec(self) -> PreprocessSpec:
         return self.engine.spec
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self.engine.output_kind
 
     @property
     def output_name(self) -> str:
@@ -134,14 +141,14 @@ class ModelRegistry:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _batcher(self, name: str, engine: Any) -> MicroBatcher:
+    def _batcher(self, name: str, engine: Engine) -> MicroBatcher:
         c = self.config
         return MicroBatcher(engine.logits, name=name, max_batch_size=c.max_batch_size, max_delay_ms=c.max_delay_ms,
                             queue_size=c.queue_size, on_batch=self.metrics.on_batch(name))
 
     async def load_package_dir(self, path: str | Path, *, name: str | None = None) -> ServedModel:
         """Load a package, warm it up, then (re)place the model of that name atomically."""
-        def build() -> tuple[ModelPackage, OnnxEngine]:
+        def build() -> tuple[ModelPackage, Engine]:
             package = load_package(path)
             engine = OnnxEngine(package, threads=self.config.ort_threads)
             return package, engine
@@ -155,17 +162,14 @@ class ModelRegistry:
             # In the model directory a package is known by its folder's name (what load/unload use).
             inside = self.config.model_dir and Path(path).resolve().parent == Path(self.config.model_dir).resolve()
             name = Path(path).resolve().name if inside else package.name
-        return await self.add_engine(engine, name=name, version=package.meta.version, package=package,
-                                     output_kind=package.meta.output_kind)
+        return await self.add_engine(engine, name=name, package=package)
 
-    async def add_engine(self, engine: Any, *, name: str, version: str = "1", package: ModelPackage | None = None,
-                         output_kind: str = "logits") -> ServedModel:
-        """Serve an engine object under ``name`` (used for packages, and by embedding code and tests)."""
+    async def add_engine(self, engine: Engine, *, name: str, package: ModelPackage | None = None) -> ServedModel:
+        """Serve an engine under ``name`` (used for packages, and by embedding code and tests)."""
         check_name(name)
         async with self._lock(name):
             await asyncio.to_thread(self._warm_up, engine)
-            model = ServedModel(name=name, engine=engine, batcher=self._batcher(name, engine), version=version,
-                                package=package, output_kind=output_kind)
+            model = ServedModel(name=name, engine=engine, batcher=self._batcher(name, engine), package=package)
             model.batcher.start()
             old = self.models.get(name)
             self.models[name] = model
@@ -173,14 +177,12 @@ class ModelRegistry:
             self.startup_failed.discard(name)
             if old is not None:
                 await old.batcher.stop()
-            log.info("model %s v%s ready (%d classes)", name, version, len(engine.labels))
+            log.info("model %s v%s ready (%d classes)", name, engine.version, len(engine.labels))
             return model
 
-    def _warm_up(self, engine: Any) -> None:
+    def _warm_up(self, engine: Engine) -> None:
         # The first runs at a batch shape allocate ONNX Runtime's buffers; do that before serving.
-        spec = engine.spec
-        for n in sorted({1, self.config.max_batch_size}):
-            engine.logits(np.zeros((n, spec.channels, spec.input_size, spec.input_size), np.float32))
+        engine.warmup(sorted({1, self.config.max_batch_size}))
 
     async def load_by_name(self, name: str) -> ServedModel:
         path = self.package_path(name)

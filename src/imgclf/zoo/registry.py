@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from imgclf.errors import UnknownModelError
 from imgclf.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def get(name: str) -> ZooEntry:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def names() -> list[str]:

@@ -17,10 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from imgclf.errors import UserError
 from imgclf.zoo.registry import WeightSource, ZooEntry
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights are missing, unreachable or do not match the architecture."""
 
 
