@@ -2,8 +2,12 @@
 
 :mod:`~imgclf.train.sources` reads datasets (CIFAR-10 python format, IDX, image folders through the
 one decode path, with a decode cache), :mod:`~imgclf.train.data` holds them as uint8 tensors with
-batched augmentation, :mod:`~imgclf.train.loop` is the one trainer (also used by fine-tuning),
-:mod:`~imgclf.train.callbacks` its hooks, :mod:`~imgclf.train.models` the networks,
+batched augmentation (:mod:`~imgclf.train.augment`), :mod:`~imgclf.train.loop` is the one trainer
+(also used by fine-tuning) and its parts are :mod:`~imgclf.train.config`,
+:mod:`~imgclf.train.runtime`, :mod:`~imgclf.train.params`, :mod:`~imgclf.train.schedule`,
+:mod:`~imgclf.train.precision`, :mod:`~imgclf.train.speed_probe`, :mod:`~imgclf.train.checkpoint`,
+:mod:`~imgclf.train.signals`, :mod:`~imgclf.train.progress`, :mod:`~imgclf.train.hooks` (the
+callback interface) and :mod:`~imgclf.train.callbacks`; :mod:`~imgclf.train.models` the networks,
 :mod:`~imgclf.train.recipes` the named recipes, :mod:`~imgclf.train.run` one run from data to
 package, :mod:`~imgclf.train.evaluate` evaluation through the serving path and
 :mod:`~imgclf.train.report` the history files, plots and ``report.md``.
