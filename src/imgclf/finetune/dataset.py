@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
 from imgclf.train import sources
+from imgclf.train.data import ImageSet
 from imgclf.train.sources import RawDataset
 
 # Below this many images a class's accuracy is mostly noise; above this ratio the big classes
@@ -33,27 +33,15 @@ IMBALANCE_RATIO = 3.0
 
 
 @dataclass
-class Images:
-    """One split in memory: uint8 ``(N, C, H, W)`` at the model's geometry, labels, source files."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    files: list[Path]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def counts(self, n_classes: int) -> np.ndarray:
-        return np.bincount(self.labels.numpy(), minlength=n_classes)
-
-
-@dataclass
 class FolderData:
+    """The checked folder: its splits as the trainer's :class:`~imgclf.train.data.ImageSet` (each
+    with the files its images came from), what was skipped and what to warn about."""
+
     root: Path
     classes: list[str]
-    train: Images
-    val: Images
-    test: Images | None
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
     val_from: str
     raw: RawDataset = field(repr=False)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -61,7 +49,7 @@ class FolderData:
 
     @property
     def all_files(self) -> list[Path]:
-        return [f for s in (self.train, self.val, self.test) if s is not None for f in s.files]
+        return [f for s in (self.train, self.val, self.test) if s is not None for f in s.files or []]
 
     def counts(self) -> dict[str, list[int]]:
         k = len(self.classes)
@@ -108,13 +96,9 @@ def _check_classes(raw: RawDataset) -> None:
                         ".bmp, .tif); add images or remove the folder")
 
 
-def _images(raw: RawDataset, name: str) -> Images | None:
+def _images(raw: RawDataset, name: str) -> ImageSet | None:
     split = raw.split(name)
-    if split is None:
-        return None
-    assert split.images is not None and split.files is not None
-    images = torch.from_numpy(np.ascontiguousarray(split.images.transpose(0, 3, 1, 2)))
-    return Images(images, torch.from_numpy(split.labels.astype(np.int64)), list(split.files))
+    return ImageSet.from_raw(split) if split is not None else None
 
 
 def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fraction: float = 0.2, seed: int = 0,

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from imgclf.cache import cache_home
-from imgclf.finetune.augment import SpecTransform
 from imgclf.finetune.backbone import pooled
 from imgclf.preprocess import PreprocessSpec
+from imgclf.train.data import ImageTransform as SpecTransform
 from imgclf.train.sources import hash_files
 
 FORMAT = 1

@@ -1,18 +1,20 @@
 """``imgclf finetune``: a pretrained zoo backbone on the user's folder, out comes a model package.
 
-1. The folder is checked, split and decoded (:mod:`imgclf.finetune.dataset`).
+1. The folder is checked, split and decoded (:mod:`imgclf.finetune.dataset`) into the trainer's
+   :class:`~imgclf.train.data.ImageSet` splits; options are :mod:`imgclf.finetune.options`.
 2. Stage 1, the head alone: the backbone is frozen in inference mode, its features are computed
    once and cached (:mod:`imgclf.finetune.features`), and a new linear head trains on them.
 3. Stage 2, the whole network: unfrozen, with layer-wise learning rates (the input-side groups
    slower) and the augmentation preset on top of the base model's preprocessing. Batch-norm
    statistics stay frozen, as in stage 1.
 
-Both stages run through :class:`imgclf.train.loop.Trainer` (the trainer of ``imgclf train``) with
+Both stages (:mod:`imgclf.finetune.stages`) run through :class:`imgclf.train.loop.Trainer` (the
+trainer of ``imgclf train``) with
 early stopping on validation accuracy; each keeps its best checkpoint, and the better of the two
 is exported. The package directory ``--out`` then also holds the metrics, learning curves,
 confusion matrices, a grid of the worst-classified validation images and ``report.md``.
-Training state lives in ``OUT/training/`` until the package is written, so ``--resume`` can
-continue an interrupted run.
+Training state lives in ``OUT/training/`` (:mod:`imgclf.finetune.state`) until the package is
+written, so ``--resume`` can continue an interrupted run.
 """
 
 from __future__ import annotations
@@ -28,76 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.errors import UserError
+from imgclf.finetune.options import FinetuneOptions
+from imgclf.finetune.stages import StageOutcome
 
-RUN_DIR = "training"
-STATE_FILE = "state.json"
-# Options that define a run; --resume refuses to continue a run started with different ones.
-DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
-            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing")
-
-
-@dataclass
-class FinetuneOptions:
-    data: str
-    out: str
-    base: str = "efficientnet_lite0"
-    weights: str | None = None
-    name: str | None = None
-    epochs: int = 5  # stage 2: the whole network
-    freeze_epochs: int = 10  # stage 1: the head on cached features (cheap)
-    image_size: int | None = None  # default: the base model's
-    augment: str = "default"
-    lr: float = 1e-3  # stage 1 (AdamW)
-    finetune_lr: float | None = None  # stage 2, head and last group; default lr / 4
-    lr_decay: float = 0.5  # stage 2: each group toward the input trains at this times the next one's rate
-    groups: int = 4
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    patience: int = 3
-    seed: int = 0
-    label_smoothing: float = 0.1
-    tta: int = 0  # 1: the package averages the logits of the image and its mirror image
-    cache_dir: str | None = None
-    use_cache: bool = True
-    allow_download: bool = True
-    threads: int | None = None
-    workers: int | None = None
-    progress: bool | None = None
-    resume: bool = False
-
-    @property
-    def stage2_lr(self) -> float:
-        return self.finetune_lr if self.finetune_lr is not None else self.lr / 4
-
-    def check(self) -> None:
-        from imgclf.finetune.augment import PRESETS
-
-        if self.epochs < 0 or self.freeze_epochs < 0:
-            raise UserError("--epochs and --freeze-epochs must be 0 or more")
-        if self.epochs == 0 and self.freeze_epochs == 0:
-            raise UserError("nothing to train: --epochs and --freeze-epochs are both 0")
-        if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
-        if self.augment not in PRESETS:
-            raise UserError(f"--augment must be one of {', '.join(PRESETS)}, got {self.augment!r}")
-        if self.lr <= 0 or self.stage2_lr <= 0:
-            raise UserError("learning rates must be positive")
-        if not 0 < self.lr_decay <= 1:
-            raise UserError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if self.tta not in (0, 1):
-            raise UserError(f"--tta must be 0 or 1, got {self.tta}")
-        if self.batch_size < 1 or self.groups < 1 or self.patience < 1:
-            raise UserError("--batch-size, --groups and --patience must be at least 1")
-
-
-@dataclass
-class StageOutcome:
-    epochs: float
-    stopped: str
-    best_val_acc: float | None
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["FinetuneOptions", "FinetuneResult", "StageOutcome", "finetune", "package_name"]
 
 
 @dataclass
@@ -117,126 +53,6 @@ def package_name(opts: FinetuneOptions) -> str:
     raw = opts.name or Path(opts.out).resolve().name
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "finetuned"
     return name[:64]
-
-
-# ---------------------------------------------------------------------------------------------
-# run state (what --resume needs)
-# ---------------------------------------------------------------------------------------------
-
-
-def _defining(opts: FinetuneOptions) -> dict[str, Any]:
-    d = {k: getattr(opts, k) for k in DEFINING}
-    d["data"] = str(Path(opts.data).expanduser().resolve())
-    return d
-
-
-def _open_run(opts: FinetuneOptions) -> tuple[Path, dict[str, Any]]:
-    """Check ``--out`` and read the saved state of the run to resume; creates nothing."""
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the model package")
-    run_dir = out / RUN_DIR
-    state_path = run_dir / STATE_FILE
-    if run_dir.exists() and not opts.resume:
-        raise UserError(f"{out} holds an unfinished fine-tuning run ({run_dir}); pass --resume to continue it, "
-                        "or choose another --out")
-    state: dict[str, Any] = {"options": _defining(opts), "stages": {}}
-    if opts.resume and state_path.is_file():
-        saved = json.loads(state_path.read_text(encoding="utf-8"))
-        diff = [k for k in DEFINING if saved["options"].get(k) != state["options"][k]]
-        if diff:
-            changes = ", ".join(f"{k}: {saved['options'].get(k)!r} -> {state['options'][k]!r}" for k in diff)
-            raise UserError(f"--resume with different settings than the run in {run_dir} ({changes}); "
-                            "repeat the original options")
-        state = saved
-    return run_dir, state
-
-
-def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / STATE_FILE)
-
-
-# ---------------------------------------------------------------------------------------------
-# the two stages
-# ---------------------------------------------------------------------------------------------
-
-
-def _stage_outcome(result: Any) -> StageOutcome:
-    best = result.best["value"] if result.best else None
-    return StageOutcome(result.epochs, result.stopped, best, round(result.elapsed, 1), list(result.history))
-
-
-def _load_best(module: Any, result: Any) -> None:
-    from imgclf.train.loop import load_checkpoint
-
-    if result.best_checkpoint is not None:
-        module.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-
-
-def train_head(split: Any, data: Any, features: Any, opts: FinetuneOptions, run_dir: Path) -> Any:
-    """Stage 1: the new head on cached backbone features (the backbone itself is not touched)."""
-    from imgclf.train.callbacks import EarlyStopping
-    from imgclf.train.data import TensorBatches
-    from imgclf.train.loop import TrainConfig, Trainer
-
-    n_train = len(data.train)
-    f_train, f_val = features[:n_train], features[n_train:]
-    batch = min(max(opts.batch_size, 64), n_train)
-    train = TensorBatches(f_train, data.train.labels, batch_size=batch, shuffle=True,
-                          drop_last=n_train >= 2 * batch, seed=opts.seed)
-    val = TensorBatches(f_val, data.val.labels, batch_size=1024)
-    config = TrainConfig(epochs=float(opts.freeze_epochs), lr=opts.lr, optimizer="adamw", weight_decay=1e-4,
-                         schedule="cosine", label_smoothing=opts.label_smoothing, precision="fp32",
-                         seed=opts.seed, monitor="val_acc", progress=opts.progress)
-    trainer = Trainer(split.head, train, val=val, config=config,
-                      callbacks=[EarlyStopping("val_acc", patience=opts.patience)],
-                      out_dir=run_dir / "stage1", meta={"stage": "head", "base": opts.base})
-    result = trainer.fit(resume=opts.resume)
-    if result.stopped != "interrupted":
-        _load_best(split.head, result)
-    return result
-
-
-def layerwise_groups(split: Any, decay: float) -> list[dict[str, Any]]:
-    """Param groups for stage 2: the head and the last backbone group at the full rate, each group
-    nearer the input at ``decay`` times the rate of the one after it."""
-    n = len(split.groups)
-    groups = [{"params": params, "lr_scale": decay ** (n - 1 - i), "name": f"backbone{i}"}
-              for i, params in enumerate(split.groups)]
-    groups.append({"params": list(split.head.parameters()), "lr_scale": 1.0, "name": "head"})
-    return groups
-
-
-def train_all(split: Any, data: Any, spec: Any, opts: FinetuneOptions, run_dir: Path) -> Any:
-    """Stage 2: every layer, layer-wise rates, augmentation on top of the base preprocessing."""
-    from imgclf.finetune.augment import SpecTransform, get_preset
-    from imgclf.train.callbacks import EarlyStopping
-    from imgclf.train.data import TensorBatches
-    from imgclf.train.loop import TrainConfig, Trainer
-
-    net = split.net
-    for p in net.parameters():
-        p.requires_grad_(True)
-    n_train = len(data.train)
-    batch = min(opts.batch_size, n_train)
-    train = TensorBatches(data.train.images, data.train.labels, batch_size=batch, shuffle=True,
-                          drop_last=n_train >= 2 * batch, seed=opts.seed,
-                          transform=SpecTransform(spec, get_preset(opts.augment)))
-    val = TensorBatches(data.val.images, data.val.labels, batch_size=max(64, batch), transform=SpecTransform(spec))
-    config = TrainConfig(epochs=float(opts.epochs), lr=opts.stage2_lr, optimizer="adamw", weight_decay=0.01,
-                         schedule="cosine", warmup=0.1 if opts.epochs > 1 else 0.0, start_factor=0.1,
-                         label_smoothing=opts.label_smoothing, seed=opts.seed, monitor="val_acc",
-                         progress=opts.progress)
-    trainer = Trainer(net, train, val=val, config=config, param_groups=layerwise_groups(split, opts.lr_decay),
-                      callbacks=[EarlyStopping("val_acc", patience=opts.patience)],
-                      out_dir=run_dir / "stage2", meta={"stage": "all", "base": opts.base})
-    result = trainer.fit(resume=opts.resume)
-    if result.stopped != "interrupted":
-        _load_best(net, result)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +85,9 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     from imgclf.finetune.backbone import split_model
     from imgclf.finetune.dataset import load_folder
     from imgclf.finetune.features import cached_features
-    from imgclf.train.loop import configure_cpu
+    from imgclf.finetune.stages import layerwise_groups, load_stage_weights, train_all, train_head
+    from imgclf.finetune.state import open_run, save_state
+    from imgclf.train.runtime import configure_cpu
     from imgclf.zoo.loading import preprocess_for
 
     opts.check()
@@ -283,7 +101,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     configure_cpu(opts.threads)
     torch.manual_seed(opts.seed)
     cache_root = Path(opts.cache_dir) if opts.cache_dir else None
-    run_dir, state = _open_run(opts)
+    run_dir, state = open_run(opts)
 
     data = load_folder(opts.data, spec, val_fraction=opts.val_fraction, seed=opts.seed,
                        cache_dir=cache_root / "datasets" if cache_root else None, workers=opts.workers,
@@ -294,7 +112,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     model = zoo.build(opts.base, weights=opts.weights, allow_download=opts.allow_download)
     split = split_model(model, entry, len(data.classes), input_size=spec.input_size, channels=spec.channels,
                         n_groups=opts.groups, seed=opts.seed)
-    _save_state(run_dir, state)  # from here on an interrupted run can be resumed
+    save_state(run_dir, state)  # from here on an interrupted run can be resumed
     log(f"base {entry.name}: {split.feature_dim}-d features from '{split.classifier}' inputs, "
         f"{len(split.groups)} layer groups; input {spec.channels}x{spec.input_size}x{spec.input_size}, "
         f"augmentation '{opts.augment}'")
@@ -304,7 +122,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     # -- stage 1: the head on cached features ---------------------------------------------
     if opts.freeze_epochs > 0:
         if stages.get("head", {}).get("done"):
-            _load_stage_weights(split.head, run_dir / "stage1")
+            load_stage_weights(split.head, run_dir / "stage1")
             log("stage 1 (head) already done; continuing with stage 2")
         else:
             files = data.train.files + data.val.files
@@ -322,30 +140,30 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
                 f"features {how} ({fs.path})")
             log(f"stage 1: training the head on frozen features for up to {opts.freeze_epochs} epochs")
             r1 = train_head(split, data, fs.features, opts, run_dir)
-            result.stages["head"] = _stage_outcome(r1)
+            result.stages["head"] = StageOutcome.of(r1)
             if r1.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["head"] = {"done": True, **_brief(result.stages["head"]),
+            stages["head"] = {"done": True, **result.stages["head"].brief(),
                               "feature_cache": "hit" if fs.hit else "miss",
                               "feature_seconds": feature_seconds}
-            _save_state(run_dir, state)
+            save_state(run_dir, state)
 
     # -- stage 2: everything, layer-wise rates --------------------------------------------
     head_best = stages.get("head", {}).get("best_val_acc")
     if opts.epochs > 0:
         if stages.get("all", {}).get("done"):
-            _load_stage_weights(split.net, run_dir / "stage2")
+            load_stage_weights(split.net, run_dir / "stage2")
         else:
             rates = ", ".join(f"{g['lr_scale'] * opts.stage2_lr:.2g}" for g in layerwise_groups(split, opts.lr_decay))
             log(f"stage 2: fine-tuning all layers for up to {opts.epochs} epochs (learning rates input -> head: {rates})")
             r2 = train_all(split, data, spec, opts, run_dir)
-            result.stages["all"] = _stage_outcome(r2)
+            result.stages["all"] = StageOutcome.of(r2)
             if r2.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["all"] = {"done": True, **_brief(result.stages["all"])}
-            _save_state(run_dir, state)
+            stages["all"] = {"done": True, **result.stages["all"].brief()}
+            save_state(run_dir, state)
     all_best = stages.get("all", {}).get("best_val_acc")
     kept = "all" if all_best is not None and (head_best is None or all_best >= head_best) else "head"
     if kept == "head" and opts.epochs > 0:
@@ -355,27 +173,11 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
         model = zoo.build(opts.base, weights=opts.weights, allow_download=opts.allow_download)
         split = split_model(model, entry, len(data.classes), input_size=spec.input_size, channels=spec.channels,
                             n_groups=opts.groups, seed=opts.seed)
-        _load_stage_weights(split.head, run_dir / "stage1")
+        load_stage_weights(split.head, run_dir / "stage1")
     result.kept = kept
     state["kept"] = kept
     _export(result, split, data, spec, opts, state, name, entry, t_start, log)
     return result
-
-
-def _brief(s: StageOutcome) -> dict[str, Any]:
-    return {"epochs": s.epochs, "stopped": s.stopped, "best_val_acc": s.best_val_acc, "seconds": s.seconds,
-            "history": s.history}
-
-
-def _load_stage_weights(module: Any, stage_dir: Path) -> None:
-    from imgclf.train.loop import load_checkpoint
-
-    ckpts = stage_dir / "checkpoints"
-    for name in ("best.pt", "last.pt"):
-        if (ckpts / name).is_file():
-            module.load_state_dict(load_checkpoint(ckpts / name)["model"])
-            return
-    raise UserError(f"{stage_dir} has no checkpoint to resume from; start again without --resume")
 
 
 def _combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:

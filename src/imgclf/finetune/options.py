@@ -1,0 +1,67 @@
+"""What ``imgclf finetune`` is asked to do: :class:`FinetuneOptions`, checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgclf.errors import UserError
+
+# Options that define a run; --resume refuses to continue a run started with different ones.
+DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
+            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing")
+
+
+@dataclass
+class FinetuneOptions:
+    data: str
+    out: str
+    base: str = "efficientnet_lite0"
+    weights: str | None = None
+    name: str | None = None
+    epochs: int = 5  # stage 2: the whole network
+    freeze_epochs: int = 10  # stage 1: the head on cached features (cheap)
+    image_size: int | None = None  # default: the base model's
+    augment: str = "default"
+    lr: float = 1e-3  # stage 1 (AdamW)
+    finetune_lr: float | None = None  # stage 2, head and last group; default lr / 4
+    lr_decay: float = 0.5  # stage 2: each group toward the input trains at this times the next one's rate
+    groups: int = 4
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    patience: int = 3
+    seed: int = 0
+    label_smoothing: float = 0.1
+    tta: int = 0  # 1: the package averages the logits of the image and its mirror image
+    cache_dir: str | None = None
+    use_cache: bool = True
+    allow_download: bool = True
+    threads: int | None = None
+    workers: int | None = None
+    progress: bool | None = None
+    resume: bool = False
+
+    @property
+    def stage2_lr(self) -> float:
+        return self.finetune_lr if self.finetune_lr is not None else self.lr / 4
+
+    def check(self) -> None:
+        from imgclf.train.augment import PRESETS
+
+        if self.epochs < 0 or self.freeze_epochs < 0:
+            raise UserError("--epochs and --freeze-epochs must be 0 or more")
+        if self.epochs == 0 and self.freeze_epochs == 0:
+            raise UserError("nothing to train: --epochs and --freeze-epochs are both 0")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
+        if self.augment not in PRESETS:
+            raise UserError(f"--augment must be one of {', '.join(PRESETS)}, got {self.augment!r}")
+        if self.lr <= 0 or self.stage2_lr <= 0:
+            raise UserError("learning rates must be positive")
+        if not 0 < self.lr_decay <= 1:
+            raise UserError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.tta not in (0, 1):
+            raise UserError(f"--tta must be 0 or 1, got {self.tta}")
+        if self.batch_size < 1 or self.groups < 1 or self.patience < 1:
+            raise UserError("--batch-size, --groups and --patience must be at least 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
