@@ -1,6 +1,13 @@
+"""``imgclf finetune``: flags -> :class:`~imgclf.finetune.options.FinetuneOptions` ->
+:func:`imgclf.training_api.run_finetuning`."""
+
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgclf.finetune.options import FinetuneOptions
 
 NAME = "finetune"
 HELP = "fine-tune a pretrained zoo model on a folder of class subfolders and write a model package"
@@ -59,12 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
+def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
+    """The command's flags as the typed options :func:`imgclf.training_api.run_finetuning` takes."""
+    from imgclf.finetune.options import FinetuneOptions
 
-    from imgclf.finetune.run import FinetuneOptions, finetune
-
-    opts = FinetuneOptions(
+    return FinetuneOptions(
         data=args.data, out=args.out, base=args.base, weights=args.weights, name=args.name, epochs=args.epochs,
         freeze_epochs=args.freeze_epochs, image_size=args.image_size, augment=args.augment, lr=args.lr,
         finetune_lr=args.finetune_lr, lr_decay=args.lr_decay, groups=args.groups, batch_size=args.batch_size,
@@ -73,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
         allow_download=not args.offline, threads=args.threads, workers=args.workers,
         progress=False if args.no_progress else None, resume=args.resume,
     )
-    result = finetune(opts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from imgclf.training_api import run_finetuning
+
+    result = run_finetuning(options_from_args(args))
     if result.stopped == "interrupted":
         print(f"imgclf: interrupted; checkpoints are in {result.out}/training; continue with the same "
               "command plus --resume", file=sys.stderr)

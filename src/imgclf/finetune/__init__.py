@@ -1,8 +1,37 @@
 """Fine-tuning a pretrained zoo backbone on a folder of class subfolders (``imgclf finetune``).
 
-:mod:`~imgclf.finetune.dataset` checks and splits the folder, :mod:`~imgclf.finetune.backbone`
-splits any zoo model into feature extractor + new head + layer groups,
-:mod:`~imgclf.finetune.features` caches frozen-backbone features, :mod:`~imgclf.finetune.augment`
-holds the augmentation presets, :mod:`~imgclf.finetune.worst` draws the worst-classified images and
-:mod:`~imgclf.finetune.run` runs both stages through the trainer of ``imgclf train``.
+:mod:`~imgclf.finetune.options` holds the options, :mod:`~imgclf.finetune.dataset` checks and
+splits the folder into the trainer's image sets, :mod:`~imgclf.finetune.backbone` splits any zoo
+model into feature extractor + new head + layer groups, :mod:`~imgclf.finetune.features` caches
+frozen-backbone features, :mod:`~imgclf.finetune.stages` runs the two stages through the trainer of
+``imgclf train`` (augmentation: :mod:`imgclf.train.augment`), :mod:`~imgclf.finetune.state` keeps
+what ``--resume`` needs, :mod:`~imgclf.finetune.worst` draws the worst-classified images and
+:mod:`~imgclf.finetune.run` runs it all and writes the package.
+
+Calling the package runs :func:`imgclf.training_api.finetune`: ``imgclf.finetune(data, out=...)``.
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, called, is :func:`imgclf.training_api.finetune`: ``imgclf.finetune(...)`` works whether or
+    not ``imgclf.finetune`` has been imported as a package already (Python binds the name to it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from imgclf.training_api import finetune
+
+        return finetune(*args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Any:  # inspect.signature() and help() follow this to the function
+        from imgclf.training_api import finetune
+
+        return finetune
+
+
+sys.modules[__name__].__class__ = _CallablePackage

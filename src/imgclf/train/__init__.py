@@ -13,4 +13,31 @@ package, :mod:`~imgclf.train.evaluate` evaluation through the serving path and
 :mod:`~imgclf.train.report` the history files, plots and ``report.md``.
 
 Importing this package loads neither torch nor numpy-heavy code.
+
+Calling the package runs :func:`imgclf.training_api.train`: ``imgclf.train(data, out=...)``.
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, called, is :func:`imgclf.training_api.train`: ``imgclf.train(...)`` works whether or
+    not ``imgclf.train`` has been imported as a package already (Python binds the name to it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from imgclf.training_api import train
+
+        return train(*args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Any:  # inspect.signature() and help() follow this to the function
+        from imgclf.training_api import train
+
+        return train
+
+
+sys.modules[__name__].__class__ = _CallablePackage
