@@ -303,7 +303,7 @@ def test_fast_net_whitens_in_fp32_under_bf16_autocast():
 def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
     """The trainer averages the loss; airbench states its rates for a summed loss, per 1024
     examples, divided by Nesterov's gain. Same init, same batches: the weights must agree."""
-    from imgclf.train.recipes import _fast_training, get_recipe
+    from imgclf.train.recipes import fast_training, get_recipe
 
     hyp = get_recipe("fast", {"net.widths": [8, 16, 16]})
     batch, momentum, label_smoothing = 64, 0.85, 0.2
@@ -317,7 +317,7 @@ def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
         return m
 
     ours, ref = net(), net()
-    _, groups, _ = _fast_training(hyp, ours, None, init_model=False)
+    _, groups, _ = fast_training(hyp, ours, None, init_model=False)
     opt_ours = torch.optim.SGD([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
                                 for g in groups], momentum=momentum, nesterov=True)
     # airbench94.py, verbatim in substance
