@@ -215,3 +215,13 @@ def test_worst_grid_png(tmp_path):
     n = save_worst_grid(tmp_path / "none.png", files, probs, np.array([1, 1, 0]), ["a", "b"],
                         PreprocessSpec(input_size=32))
     assert n == 0 and decode_file(tmp_path / "none.png").shape[2] == 3
+
+
+def test_augment_settings_are_checked():
+    with pytest.raises(ValueError, match="replaces translate and cutout"):
+        Augment(crop_scale=(0.5, 1.0), translate=2)
+    with pytest.raises(ValueError, match="crop_scale"):
+        Augment(crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="probability"):
+        Augment(flip="random", flip_p=1.5)
+    assert not Augment().active and Augment(brightness=0.1).active and PRESETS["none"] is None

@@ -13,7 +13,7 @@ import torch
 from train_support import write_cifar10
 
 from imgclf.package import load_package
-from imgclf.train.loop import load_checkpoint
+from imgclf.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgclf.package import ModelPackage
 
 
 class _CallablePackage(types.ModuleType):
     """This package, called, is :func:`imgclf.training_api.train`: ``imgclf.train(...)`` works whether or
     not ``imgclf.train`` has been imported as a package already (Python binds the name to it)."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> ModelPackage:
         from imgclf.training_api import train
 
         return train(*args, **kwargs)
 
     @property
-    def __wrapped__(self) -> Any:  # inspect.signature() and help() follow this to the function
+    def __wrapped__(self) -> Callable[..., ModelPackage]:  # inspect.signature() and help() follow this to the function
         from imgclf.training_api import train
 
         return train
