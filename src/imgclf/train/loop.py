@@ -212,7 +212,7 @@ class Trainer:
         self.total_steps = math.ceil(self.steps_per_epoch * cfg.epochs)
         self._choose_speed(saved_speed)
         if self.channels_last:
-            self.module.to(memory_format=torch.channels_last)
+            self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch stubs lack it)
         self.optimizer = make_optimizer(build_param_groups(self.module, self._groups_spec, cfg), cfg,
                                         self._optimizer_factory)
         if self.precision == "fp16":

@@ -62,7 +62,7 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig,
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), weight_decay=config.weight_decay)
 
 
 def main_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -287,7 +287,8 @@ def vgg_training(hyp: dict[str, Any], model: nn.Module) -> tuple[TrainConfig, li
     from imgclf.train.config import TrainConfig
 
     opt = hyp["opt"]
-    kernels, others = [], []
+    kernels: list[nn.Parameter] = []
+    others: list[nn.Parameter] = []
     for m in model.modules():
         for pname, p in m.named_parameters(recurse=False):
             if not p.requires_grad:

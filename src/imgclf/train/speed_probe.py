@@ -48,7 +48,7 @@ def probe_speed(module: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     def rate(prec: str, cl: bool) -> float:
         fmt = torch.channels_last if cl else torch.contiguous_format
-        net.to(memory_format=fmt)
+        net.to(memory_format=fmt)  # type: ignore[call-overload]  # (torch stubs lack it)
         xx = x.contiguous(memory_format=fmt)
 
         def once() -> None:
