@@ -1,7 +1,7 @@
 """The one trainer: every recipe and fine-tuning run through :class:`Trainer`.
 
 This file is the loop and nothing else (setup order, the step, the epoch, evaluation, stopping);
-it is kept whole, over 400 lines with this guide, because the loop reads best in one piece.
+it stays whole, over 400 lines with this guide, because the loop reads best in one piece.
 
 Quick start::
 
@@ -19,14 +19,16 @@ Quick start::
     )
     result = trainer.fit(resume=True)            # resumes from runs/x/checkpoints/last.pt if present
 
-This module is the loop alone; each of its parts lives in a module named by its job:
+Each part of a run lives in a module named by its job:
 :mod:`~imgclf.train.config` (``TrainConfig``, ``FitResult``), :mod:`~imgclf.train.runtime`
 (torchrun/DDP, device, threads), :mod:`~imgclf.train.params` (param groups, optimizer, frozen
 parts), :mod:`~imgclf.train.schedule` (learning-rate schedule), :mod:`~imgclf.train.precision` and
 :mod:`~imgclf.train.speed_probe` (fp32/bf16/fp16, channels-last, threads),
 :mod:`~imgclf.train.checkpoint` (the checkpoint format, save and resume),
-:mod:`~imgclf.train.signals` (Ctrl-C), :mod:`~imgclf.train.hooks` (the callback interface) and
-:mod:`~imgclf.train.callbacks` (the built-in callbacks).
+:mod:`~imgclf.train.signals` (Ctrl-C), :mod:`~imgclf.train.progress` (bar and epoch lines),
+:mod:`~imgclf.train.hooks` (the callback interface) and :mod:`~imgclf.train.callbacks` (the built-in
+callbacks). The names this module always offered (``TrainConfig``, ``load_checkpoint``,
+``configure_cpu`` ...) are still importable from here.
 
 Data
     ``train`` and ``val`` are :class:`~imgclf.train.data.Batches`: ``len()`` = batches per epoch and
