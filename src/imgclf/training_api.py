@@ -120,7 +120,7 @@ def train(data: str | Path | None, *, out: str | Path, recipe: str | None = None
     continues the run there. Raises :class:`TrainingInterrupted` when stopped by Ctrl-C.
     """
     from imgclf.train.run import RunOptions
-    from imgclf.train.runtime import barrier, leave_distributed
+    from imgclf.train.runtime import barrier, in_process_group, leave_distributed
 
     budget = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
     opts = RunOptions(
@@ -131,11 +131,13 @@ def train(data: str | Path | None, *, out: str | Path, recipe: str | None = None
         threads=threads, cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=use_cache,
         workers=workers, progress=progress, resume=resume,
     )
+    joined_before = in_process_group()  # a group the caller set up is theirs to end
     try:
         outcome = run_training(opts)
         barrier()  # under torchrun the other ranks wait for rank 0's package
     finally:
-        leave_distributed()
+        if not joined_before:
+            leave_distributed()
     if outcome.stopped == "interrupted":
         raise TrainingInterrupted(f"training interrupted; its checkpoints are in {outcome.out}: "
                                   "call again with resume=True to continue")

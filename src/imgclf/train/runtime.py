@@ -34,6 +34,10 @@ def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def in_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def leave_distributed() -> None:
     """Leave the process group if this process joined one (a no-op otherwise)."""
     if dist.is_available() and dist.is_initialized():
