@@ -55,8 +55,8 @@ def _summary(step_dir: Path, recipe: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.commands.train import _leave_process_group, parse_duration, parse_sets
+    from imgclf.evaluation import plot_ladder, write_ladder_report
     from imgclf.train.recipes import LADDER
-    from imgclf.train.report import plot_ladder, write_ladder_report
     from imgclf.train.run import RunOptions, train
 
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else list(LADDER)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from imgclf.cache import cache_home
+from imgclf.data import hash_files
 from imgclf.finetune.augment import SpecTransform
 from imgclf.finetune.backbone import pooled
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train.sources import hash_files
 
 FORMAT = 1
 
