@@ -12,7 +12,8 @@ early stopping on validation accuracy; each keeps its best checkpoint, and the b
 is exported. The package directory ``--out`` then also holds the metrics, learning curves,
 confusion matrices, a grid of the worst-classified validation images and ``report.md``.
 Training state lives in ``OUT/training/`` until the package is written, so ``--resume`` can
-continue an interrupted run.
+continue an interrupted run (the same rules as ``imgclf train --resume``:
+:mod:`imgclf.train.resume_options`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from typing import Any
 
 from imgclf.errors import UserError
 from imgclf.package import DatasetRecord, Provenance, package_name
+from imgclf.train.resume_options import merge_on_resume, refuse_overwrite
 
 RUN_DIR = "training"
 STATE_FILE = "state.json"
-# Options that define a run; --resume refuses to continue a run started with different ones.
+# Options that define a run (kept in the run state); --resume reuses them.
 DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
-            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing")
+            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing", "tta", "name")
+# What the checkpoints depend on: --resume may not change these.
+FIXED_ON_RESUME = ("data", "base", "weights", "image_size", "groups", "val_fraction", "seed")
 
 
 @dataclass
@@ -128,20 +132,37 @@ def _open_run(opts: FinetuneOptions) -> tuple[Path, dict[str, Any]]:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the model package")
     run_dir = out / RUN_DIR
-    state_path = run_dir / STATE_FILE
     if run_dir.exists() and not opts.resume:
-        raise UserError(f"{out} holds an unfinished fine-tuning run ({run_dir}); pass --resume to continue it, "
-                        "or choose another --out")
+        refuse_overwrite(run_dir, what="an unfinished fine-tuning run", out=out)
     state: dict[str, Any] = {"options": _defining(opts), "stages": {}}
-    if opts.resume and state_path.is_file():
-        saved = json.loads(state_path.read_text(encoding="utf-8"))
-        diff = [k for k in DEFINING if saved["options"].get(k) != state["options"][k]]
-        if diff:
-            changes = ", ".join(f"{k}: {saved['options'].get(k)!r} -> {state['options'][k]!r}" for k in diff)
-            raise UserError(f"--resume with different settings than the run in {run_dir} ({changes}); "
-                            "repeat the original options")
-        state = saved
+    saved = saved_options(out) if opts.resume else None
+    if saved is not None:
+        merge_on_resume(saved, state["options"], fixed=FIXED_ON_RESUME, run_dir=run_dir)
+        state = {**json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8")), "options": state["options"]}
     return run_dir, state
+
+
+def saved_options(out: str | Path) -> dict[str, Any] | None:
+    """The options of the unfinished run in ``out``, or None when there is none."""
+    state_path = Path(out) / RUN_DIR / STATE_FILE
+    if not state_path.is_file():
+        return None
+    options = json.loads(state_path.read_text(encoding="utf-8")).get("options")
+    return dict(options) if isinstance(options, dict) else None
+
+
+def resolve_options(stated: dict[str, Any]) -> FinetuneOptions:
+    """The options of a run from those stated (on the command line: the flags given). With
+    ``resume``, the others come from the run in ``out`` (see :mod:`imgclf.train.resume_options`)."""
+    merged = dict(stated)
+    saved = saved_options(stated["out"]) if stated.get("resume") else None
+    if saved is not None:
+        given = {k: v for k, v in stated.items() if k in DEFINING}
+        merged.update(merge_on_resume(saved, given, fixed=FIXED_ON_RESUME, run_dir=Path(stated["out"]) / RUN_DIR))
+    if merged.get("data") is None:
+        raise UserError("--data is required" + (f" (there is no unfinished run in {stated['out']} to resume)"
+                                                if stated.get("resume") else ""))
+    return FinetuneOptions(**merged)
 
 
 def _save_state(run_dir: Path, state: dict[str, Any]) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from imgclf.errors import UserError
 from imgclf.package import DatasetRecord, Provenance, package_name
+from imgclf.train.resume_options import merge_on_resume, refuse_overwrite
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RunOptions:
     out: str
     data: str | None = None
     format: str = "auto"
-    recipe: str = "vgg"
+    recipe: str | None = None  # None: the saved one on --resume, else "vgg"
     arch: str | None = None
     epochs: float | None = None
     batch_size: int | None = None
@@ -68,27 +69,35 @@ class RunOutcome:
     is_main: bool = True
 
 
+# What the checkpoints depend on: --resume may not change these (see imgclf.train.resume_options).
+FIXED_ON_RESUME = ("data", "recipe", "arch", "image_size", "grayscale", "seed", "val_fraction")
+
+
+def _unset(key: str, value: Any) -> bool:  # noqa: ANN401 - option values of any type
+    return value is None or (key == "overrides" and not value) or (key == "format" and value == "auto")
+
+
 def resolve_options(opts: RunOptions) -> RunOptions:
-    """With ``--resume``, start from the run's saved options; options given now take precedence."""
+    """With ``--resume``, the run's saved options, replaced by those given now (see
+    :mod:`imgclf.train.resume_options`); without it, refuse to overwrite a run."""
     out = Path(opts.out)
     saved_path = out / "run.json"
     has_ckpt = (out / "checkpoints" / "last.pt").is_file()
     if not opts.resume:
         if has_ckpt:
-            raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-        return opts
+            refuse_overwrite(out / "checkpoints", what="a training run", out=out)
+        return replace(opts, recipe=opts.recipe or "vgg")
     if not saved_path.is_file():
         if has_ckpt:
             raise UserError(f"{out} has a checkpoint but no run.json; cannot tell how it was started")
-        return opts
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))["options"]
-    merged = asdict(opts)
-    for key in RunOptions.DEFINING:
-        given = merged.get(key)
-        if given is None or (key == "overrides" and not given) or (key == "format" and given == "auto"):
-            merged[key] = saved.get(key, merged[key])
-        elif key == "overrides":
-            merged[key] = {**saved.get("overrides", {}), **given}
+        return replace(opts, recipe=opts.recipe or "vgg")
+    saved_all = json.loads(saved_path.read_text(encoding="utf-8"))["options"]
+    saved = {k: saved_all[k] for k in RunOptions.DEFINING if not _unset(k, saved_all.get(k))}
+    current = asdict(opts)
+    given = {k: current[k] for k in RunOptions.DEFINING if not _unset(k, current[k])}
+    if "overrides" in given:
+        given["overrides"] = {**saved.get("overrides", {}), **given["overrides"]}
+    merged = {**current, **merge_on_resume(saved, given, fixed=FIXED_ON_RESUME, run_dir=out)}
     if merged.get("recipe") is None:
         merged["recipe"] = "vgg"
     return RunOptions(**merged)
