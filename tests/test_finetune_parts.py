@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from imgclf import zoo
+from imgclf.evaluation import save_worst_grid, worst_indices
 from imgclf.finetune.backbone import FineTuneNet, find_classifier, split_model
 from imgclf.finetune.features import cache_key, cached_features, weights_digest
 from imgclf.finetune.stages import layerwise_groups
-from imgclf.finetune.worst import save_worst_grid, worst_indices
 from imgclf.images import decode_file
 from imgclf.preprocess import PreprocessSpec, caffe_spec, normalize, preprocess, resize_and_crop
 from imgclf.samples import reference_photo

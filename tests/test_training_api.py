@@ -33,7 +33,7 @@ def test_train_returns_the_package_it_wrote(tmp_path):
     assert again.labels == package.labels == sorted(p.name for p in (data / "train").iterdir())
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["stopped"] == "completed" and len(history["epochs"]) == 1
-    assert "test_accuracy" in package.meta.provenance["metrics"]
+    assert "test_accuracy" in package.meta.provenance.metrics
     test_files = sorted((data / "test").rglob("*.png"))
     x = np.stack([prepare(f.read_bytes(), package.spec) for f in test_files[:4]])
     probs = OnnxEngine(package).probabilities(x)
@@ -95,7 +95,7 @@ def test_finetune_returns_the_package_it_wrote(tmp_path, monkeypatch):
                               freeze_epochs=2, epochs=1, batch_size=16, allow_download=False, progress=False,
                               log=lines.append)
     assert isinstance(package, ModelPackage) and package.labels == sorted(CLASSES)
-    assert load_package(tmp_path / "pets").meta.provenance["base_model"] == "efficientnet_lite0"
+    assert load_package(tmp_path / "pets").meta.provenance.parent == "efficientnet_lite0"
     assert any("stage 1" in line for line in lines)
     files = sorted(data.rglob("*.jpg"))[:3]
     x = np.stack([prepare(f.read_bytes(), package.spec) for f in files])

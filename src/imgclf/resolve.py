@@ -45,7 +45,7 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     cached = cache_dir() / model
     if weights is None and is_package_dir(cached):
         return load_package(cached)
-    from imgclf.export import export_zoo_model
+    from imgclf.publish import export_zoo_model
 
     if not quiet:
         print(f"exporting {model} to {cached} (once) ...", flush=True)

@@ -6,13 +6,15 @@
 
     package = imgclf.train("cifar-10-python.tar.gz", recipe="fast", epochs=5, out="runs/fast")
     package = imgclf.finetune("photos/", model="efficientnet_lite0", out="models/pets")
-    package.path, package.labels, package.meta.provenance["metrics"]
+    package.path, package.labels, package.meta.provenance.metrics
 
 Each call is one run, exactly as the command line does it (``imgclf train`` and ``imgclf finetune``
 parse their flags into the same typed options and call :func:`run_training` and
 :func:`run_finetuning`, the functions these wrap): the same run folder, checkpoints, report and
 package. An interrupted run (Ctrl-C, SIGTERM) keeps its checkpoints and raises
-:class:`TrainingInterrupted`; the same call with ``resume=True`` continues it.
+:class:`TrainingInterrupted`; ``resume=True`` continues it as ``--resume`` does: with ``out`` alone
+the run goes on with the options it was started with, options given again replace them (except what
+the checkpoints depend on: the data, the model, the image size, the seed and split).
 
 Importing this module loads neither torch nor the training code; a call does.
 """
@@ -94,12 +96,10 @@ def run_training(options: RunOptions) -> RunOutcome:
     from imgclf.train.run import train as train_run
 
     check_run_options(options)
-    if options.recipe is None and not options.resume:
-        options.recipe = "vgg"
-    return train_run(options)
+    return train_run(options)  # resolves the options: defaults, or on resume the saved ones
 
 
-def train(data: str | Path | None, *, out: str | Path, recipe: str | None = None, format: str = "auto",
+def train(data: str | Path | None = None, *, out: str | Path, recipe: str | None = None, format: str = "auto",
           arch: str | None = None, epochs: float | None = None, batch_size: int | None = None,
           lr: float | None = None, seed: int | None = None, val_fraction: float | None = None,
           image_size: int | None = None, grayscale: bool | None = None, early_stopping: int | None = None,
@@ -117,7 +117,9 @@ def train(data: str | Path | None, *, out: str | Path, recipe: str | None = None
     ``arch`` override the recipe, and ``overrides`` any setting by its dotted path
     (``{"opt.label_smoothing": 0.1}``). ``time_budget``: seconds or a duration like ``"20m"``.
     ``out`` is the run folder (checkpoints, history, ``report.md``, ``package/``); ``resume=True``
-    continues the run there. Raises :class:`TrainingInterrupted` when stopped by Ctrl-C.
+    continues the run there with its saved options (``imgclf.train(out=..., resume=True)`` is
+    enough), the options given replacing them. Raises :class:`TrainingInterrupted` when stopped by
+    Ctrl-C.
     """
     from imgclf.train.run import RunOptions
     from imgclf.train.runtime import barrier, in_process_group, leave_distributed
@@ -154,36 +156,42 @@ def run_finetuning(options: FinetuneOptions, log: Callable[[str], None] = print)
     return finetune_run(options, log=log)
 
 
-def finetune(data: str | Path, *, out: str | Path, model: str = "efficientnet_lite0", weights: str | Path | None = None,
-             name: str | None = None, epochs: int = 5, freeze_epochs: int = 10, image_size: int | None = None,
-             augment: str = "default", lr: float = 1e-3, finetune_lr: float | None = None, lr_decay: float = 0.5,
-             groups: int = 4, batch_size: int = 32, val_fraction: float = 0.2, patience: int = 3, seed: int = 0,
-             label_smoothing: float = 0.1, tta: int = 0, cache_dir: str | Path | None = None,
-             use_cache: bool = True, allow_download: bool = True, threads: int | None = None,
-             workers: int | None = None, progress: bool | None = None, resume: bool = False,
+def finetune(data: str | Path | None = None, *, out: str | Path, model: str | None = None,
+             weights: str | Path | None = None, name: str | None = None, epochs: int | None = None,
+             freeze_epochs: int | None = None, image_size: int | None = None, augment: str | None = None,
+             lr: float | None = None, finetune_lr: float | None = None, lr_decay: float | None = None,
+             groups: int | None = None, batch_size: int | None = None, val_fraction: float | None = None,
+             patience: int | None = None, seed: int | None = None, label_smoothing: float | None = None,
+             tta: int | None = None, cache_dir: str | Path | None = None, use_cache: bool = True,
+             allow_download: bool = True, threads: int | None = None, workers: int | None = None,
+             progress: bool | None = None, resume: bool = False,
              log: Callable[[str], None] | None = print) -> ModelPackage:
     """Fine-tune pretrained zoo ``model`` on a folder of images and return the package written to ``out``.
 
     ``data``: ``FOLDER/<class>/*.jpg``, or ``FOLDER/train/<class>/...`` with optional ``val/`` and
     ``test/``. Stage 1 trains a new head on the frozen backbone's cached features for up to
-    ``freeze_epochs``; stage 2 trains all layers for up to ``epochs`` with layer-wise rates
-    (``finetune_lr``, each of ``groups`` nearer the input at ``lr_decay`` times the next) and the
-    ``augment`` preset (``none``, ``light``, ``default``, ``strong``); both stop early after
-    ``patience`` epochs without a better validation accuracy. ``weights``: a local weights file
-    instead of the official ones; ``allow_download=False`` never downloads. ``log`` receives the
-    progress lines (``None``: quiet). Raises :class:`TrainingInterrupted` when stopped by Ctrl-C;
-    ``resume=True`` continues the run in ``out``.
+    ``freeze_epochs`` (default 10); stage 2 trains all layers for up to ``epochs`` (default 5) with
+    layer-wise rates (``finetune_lr``, default ``lr / 4``; each of ``groups`` (4) nearer the input at
+    ``lr_decay`` (0.5) times the next) and the ``augment`` preset (``none``, ``light``, ``default``,
+    ``strong``); both stop early after ``patience`` (3) epochs without a better validation accuracy.
+    ``model`` defaults to ``efficientnet_lite0``, ``lr`` to 1e-3, ``batch_size`` to 32,
+    ``val_fraction`` to 0.2, ``label_smoothing`` to 0.1, ``seed`` to 0. ``weights``: a local
+    weights file instead of the official ones; ``allow_download=False`` never downloads. ``log``
+    receives the progress lines (``None``: quiet). Raises :class:`TrainingInterrupted` when stopped
+    by Ctrl-C; ``resume=True`` continues the run in ``out`` with its saved options
+    (``imgclf.finetune(out=..., resume=True)`` is enough), the options given replacing them.
     """
-    from imgclf.finetune.options import FinetuneOptions
+    from imgclf.finetune.state import resolve_options
 
-    opts = FinetuneOptions(
-        data=str(data), out=str(out), base=model, weights=str(weights) if weights is not None else None, name=name,
-        epochs=epochs, freeze_epochs=freeze_epochs, image_size=image_size, augment=augment, lr=lr,
-        finetune_lr=finetune_lr, lr_decay=lr_decay, groups=groups, batch_size=batch_size, val_fraction=val_fraction,
-        patience=patience, seed=seed, label_smoothing=label_smoothing, tta=tta,
-        cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=use_cache,
-        allow_download=allow_download, threads=threads, workers=workers, progress=progress, resume=resume,
-    )
+    opts = resolve_options({
+        "out": str(out), "resume": resume, "data": str(data) if data is not None else None, "base": model,
+        "weights": str(weights) if weights is not None else None, "name": name, "epochs": epochs,
+        "freeze_epochs": freeze_epochs, "image_size": image_size, "augment": augment, "lr": lr,
+        "finetune_lr": finetune_lr, "lr_decay": lr_decay, "groups": groups, "batch_size": batch_size,
+        "val_fraction": val_fraction, "patience": patience, "seed": seed, "label_smoothing": label_smoothing,
+        "tta": tta, "cache_dir": str(cache_dir) if cache_dir is not None else None, "use_cache": use_cache,
+        "allow_download": allow_download, "threads": threads, "workers": workers, "progress": progress,
+    })
     result = run_finetuning(opts, log=log if log is not None else _quiet)
     if result.stopped == "interrupted":
         raise TrainingInterrupted(f"fine-tuning interrupted; its checkpoints are in {result.out}/training: "

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from imgclf.errors import UserError
@@ -47,15 +46,16 @@ def _engine(model: str):  # noqa: ANN202 - an Engine
     from imgclf.resolve import load_engine
 
     engine = load_engine(model)
-    prov = getattr(getattr(engine, "package", None), "meta", None)
-    settings = (prov.provenance.get("recipe_settings") or {}) if prov is not None else {}
+    meta = getattr(getattr(engine, "package", None), "meta", None)
+    settings = (meta.provenance.training.get("recipe_settings") or {}) if meta is not None else {}
     return engine, {"val_fraction": (settings.get("data") or {}).get("val_fraction"),
                     "seed": (settings.get("run") or {}).get("seed", 0)}
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.train.evaluate import evaluate_engine, format_evaluation, write_evaluation
-    from imgclf.train.sources import open_dataset
+    from imgclf.data import open_dataset
+    from imgclf.evaluation import evaluate_engine, format_evaluation, write_evaluation
+    from imgclf.package import package_name
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -66,13 +66,12 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or ("test" if "test" in dataset.splits else "val")
     ev = evaluate_engine(engine, dataset, split, batch_size=args.batch_size, workers=args.workers,
                          progress=False if args.no_progress else None)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", engine.name).strip("-") or "model"
-    out = Path(args.out or f"eval-{safe}")
+    out = Path(args.out or f"eval-{package_name(engine.name)}")
     files = write_evaluation(ev, out, title=f"{engine.name} on {dataset.name} ({split})")
     if args.json:
         print(json.dumps(ev.to_dict(), indent=2))
     else:
         print(f"{engine.name} on {dataset.name}")
         print(format_evaluation(ev))
-        print(f"wrote {files['metrics']} and {files['confusion_matrix']}")
+        print(f"wrote {' and '.join(str(f) for f in files.values())}")
     return 0

@@ -54,8 +54,8 @@ def _summary(step_dir: Path, recipe: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.evaluation import plot_ladder, write_ladder_report
     from imgclf.train.recipes import LADDER
-    from imgclf.train.report import plot_ladder, write_ladder_report
     from imgclf.train.run import RunOptions
     from imgclf.train.runtime import leave_distributed
     from imgclf.training_api import parse_duration, parse_sets, run_training

@@ -1,6 +1,6 @@
 """The user's folder, checked and summarised before any training starts.
 
-Layouts (read by :mod:`imgclf.train.sources`, the same reader as ``imgclf train``):
+Layouts (read by :mod:`imgclf.data`, the same reader as ``imgclf train``):
 
 * ``FOLDER/<class>/*.jpg``: a seeded, stratified validation split is drawn from it;
 * ``FOLDER/train/<class>/...`` with ``FOLDER/val/<class>/...`` and/or ``FOLDER/test/<class>/...``;
@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.data import RawDataset, decode_folder, scan_folder, split_off_val
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train import sources
 from imgclf.train.data import ImageSet
-from imgclf.train.sources import RawDataset
 
 # Below this many images a class's accuracy is mostly noise; above this ratio the big classes
 # dominate the loss. Both are warnings: the user may know better.
@@ -109,18 +108,18 @@ def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fract
     _check_layout(root)
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    raw = sources.scan_folder(root)
+    raw = scan_folder(root)
     _check_classes(raw)
     # A val/ folder is used as is; otherwise a stratified split of train (even when test/ exists:
     # the test split is only scored at the end, never used to pick an epoch).
-    raw = sources.split_off_val(raw, None if "val" in raw.splits else val_fraction, seed)
+    raw = split_off_val(raw, None if "val" in raw.splits else val_fraction, seed)
     totals = {c: 0 for c in raw.classes}
     for split in raw.splits.values():
         for label in split.labels:
             totals[raw.classes[label]] += 1
     try:
-        sources.decode_folder(raw, spec, cache_dir=cache_dir, workers=workers, progress=progress,
-                              use_cache=use_cache)
+        decode_folder(raw, spec, cache_dir=cache_dir, workers=workers, progress=progress,
+                      use_cache=use_cache)
     except UserError as exc:
         n_files = sum(totals.values())
         if raw.skipped and len(raw.skipped) == n_files:

@@ -1,14 +1,50 @@
-"""What ``imgclf finetune`` is asked to do: :class:`FinetuneOptions`, checked before anything runs."""
+"""What ``imgclf finetune`` is asked to do: :class:`FinetuneOptions`, checked before anything runs, and
+:class:`StatedOptions`, the options a caller stated (the rest are defaults, or on ``--resume`` the
+run's saved ones: :func:`imgclf.finetune.state.resolve_options`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Required, TypedDict
 
 from imgclf.errors import UserError
 
-# Options that define a run; --resume refuses to continue a run started with different ones.
+# Options that define a run (kept in the run state); --resume reuses them.
 DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
-            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing")
+            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing", "tta", "name")
+# What the checkpoints depend on: --resume may not change these (see imgclf.train.resume_options).
+FIXED_ON_RESUME = ("data", "base", "weights", "image_size", "groups", "val_fraction", "seed")
+
+
+class StatedOptions(TypedDict, total=False):
+    """The options a caller gave, by :class:`FinetuneOptions` field; absent or None: not given."""
+
+    out: Required[str]
+    resume: bool
+    data: str | None
+    base: str | None
+    weights: str | None
+    name: str | None
+    epochs: int | None
+    freeze_epochs: int | None
+    image_size: int | None
+    augment: str | None
+    lr: float | None
+    finetune_lr: float | None
+    lr_decay: float | None
+    groups: int | None
+    batch_size: int | None
+    val_fraction: float | None
+    patience: int | None
+    seed: int | None
+    label_smoothing: float | None
+    tta: int | None
+    cache_dir: str | None
+    use_cache: bool | None
+    allow_download: bool | None
+    threads: int | None
+    workers: int | None
+    progress: bool | None
 
 
 @dataclass

@@ -10,29 +10,35 @@
 
 Both stages (:mod:`imgclf.finetune.stages`) run through :class:`imgclf.train.loop.Trainer` (the
 trainer of ``imgclf train``) with early stopping on validation accuracy; each keeps its best
-checkpoint, and the better of the two is exported. The package directory ``--out`` then also holds the metrics, learning curves,
-confusion matrices, a grid of the worst-classified validation images and ``report.md``.
+checkpoint, and the better of the two is exported. The package directory ``--out`` then also
+holds the metrics, learning curves, confusion matrices, a grid of the worst-classified validation images and ``report.md``.
 Training state lives in ``OUT/training/`` (:mod:`imgclf.finetune.state`) until the package is
-written, so ``--resume`` can continue an interrupted run.
+written, so ``--resume`` can continue an interrupted run (the same rules as ``imgclf train
+--resume``: :mod:`imgclf.train.resume_options`). The package is written by the one publish step
+(:mod:`imgclf.publish`); :mod:`imgclf.finetune.report` writes the run's record beside it.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from imgclf.finetune.options import FinetuneOptions
 from imgclf.finetune.stages import StageOutcome
+from imgclf.package import DatasetRecord, Provenance, package_name
 
-__all__ = ["FinetuneOptions", "FinetuneResult", "StageOutcome", "finetune", "package_name"]
+if TYPE_CHECKING:
+    from imgclf.finetune.backbone import Split
+    from imgclf.finetune.dataset import FolderData
+    from imgclf.finetune.state import RunState
+    from imgclf.preprocess import PreprocessSpec
+    from imgclf.zoo.registry import ZooEntry
+
+__all__ = ["FinetuneOptions", "FinetuneResult", "StageOutcome", "finetune"]
 
 
 @dataclass
@@ -44,31 +50,10 @@ class FinetuneResult:
     feature_cache_hit: bool | None = None
     stages: dict[str, StageOutcome] = field(default_factory=dict)
     kept: str | None = None  # the stage whose weights were exported
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
     elapsed: float = 0.0
 
 
-def package_name(opts: FinetuneOptions) -> str:
-    raw = opts.name or Path(opts.out).resolve().name
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "finetuned"
-    return name[:64]
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation through the serving path
-# ---------------------------------------------------------------------------------------------
-
-
-def _evaluate(engine: Any, data: Any, split_name: str) -> tuple[Any, np.ndarray, list[int]]:
-    """Metrics of one split measured on the exported package, its probabilities and their positions."""
-    from imgclf.train.evaluate import compute_metrics, split_probabilities
-
-    split = data.raw.split(split_name)
-    probs, kept, failed = split_probabilities(engine, split)
-    errors = [(str(split.files[i]), err) for i, err in failed]
-    targets = np.asarray(split.labels, dtype=np.int64)[kept]
-    ev = compute_metrics(split_name, data.classes, engine.labels, targets, probs, errors)
-    return ev, probs, kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +81,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     if opts.image_size:
         spec = spec.with_size(opts.image_size)
     out = Path(opts.out)
-    name = package_name(opts)
+    name = package_name(opts.name or Path(opts.out).resolve().name, default="finetuned")
     configure_cpu(opts.threads)
     torch.manual_seed(opts.seed)
     cache_root = Path(opts.cache_dir) if opts.cache_dir else None
@@ -143,7 +128,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
             if r1.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["head"] = {"done": True, **result.stages["head"].brief(),
+            stages["head"] = {**result.stages["head"].brief(),
                               "feature_cache": "hit" if fs.hit else "miss",
                               "feature_seconds": feature_seconds}
             save_state(run_dir, state)
@@ -161,7 +146,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
             if r2.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["all"] = {"done": True, **result.stages["all"].brief()}
+            stages["all"] = result.stages["all"].brief()
             save_state(run_dir, state)
     all_best = stages.get("all", {}).get("best_val_acc")
     kept = "all" if all_best is not None and (head_best is None or all_best >= head_best) else "head"
@@ -179,136 +164,66 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     return result
 
 
-def _combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Both stages' epochs on one axis, stage 2 continuing where stage 1 ended."""
-    rows: list[dict[str, Any]] = []
-    offset = 0.0
-    for stage in ("head", "all"):
-        info = state["stages"].get(stage)
-        if not info:
-            continue
-        for row in info.get("history", []):
-            r = dict(row)
-            r["stage"] = stage
-            r["epoch"] = int(offset) + int(row["epoch"])
-            r["epoch_float"] = round(offset + float(row.get("epoch_float", row["epoch"])), 4)
-            rows.append(r)
-        if rows:
-            offset = rows[-1]["epoch_float"]
-    return rows
+
+def _provenance(split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions, state: RunState,
+                kept: str, entry: ZooEntry) -> Provenance:
+    """The package's record of this run (the metrics measured on the package are added by publish)."""
+    from imgclf.finetune.report import stage_summaries
+
+    stages = stage_summaries(state)
+    training = {
+        "freeze_epochs": opts.freeze_epochs, "epochs": opts.epochs, "augment": opts.augment,
+        "image_size": spec.input_size, "lr": opts.lr, "finetune_lr": opts.stage2_lr, "lr_decay": opts.lr_decay,
+        "layer_groups": len(split.groups), "batch_size": opts.batch_size, "seed": opts.seed,
+        "label_smoothing": opts.label_smoothing, "kept_stage": kept, "test_time_augmentation": opts.tta,
+        "stages": stages,
+    }
+    counts = data.counts()
+    root = data.root.resolve()
+    return Provenance(
+        architecture=f"{entry.name} (fine-tuned)", task="finetune", family=entry.family, parent=entry.name,
+        num_params=sum(p.numel() for p in split.net.parameters()),
+        weights=opts.weights or (entry.weights.filename if entry.weights else None),
+        dataset=DatasetRecord(name=root.name, path=str(root), format="folder", classes=tuple(data.classes),
+                              splits={k: int(sum(v)) for k, v in counts.items()}, val_from=data.val_from,
+                              skipped_files=len(data.skipped)),
+        metrics={"training_seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)},
+        training=training,
+    )
 
 
-def _export(result: FinetuneResult, split: Any, data: Any, spec: Any, opts: FinetuneOptions,
-            state: dict[str, Any], name: str, entry: Any, t_start: float, log: Callable[[str], None]) -> None:
+def _export(result: FinetuneResult, split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions,
+            state: RunState, name: str, entry: ZooEntry, t_start: float, log: Callable[[str], None]) -> None:
+    """Publish the kept model at ``--out`` (evaluated on val and test through the serving path),
+    with the run's record beside it."""
     import torch
 
-    from imgclf.engine import OnnxEngine
-    from imgclf.export import export_package
-    from imgclf.finetune.worst import save_worst_grid
-    from imgclf.package import update_provenance
-    from imgclf.train.report import plot_confusion_matrix, plot_learning_curves, write_history
+    from imgclf.finetune.report import RunRecord, write_run_files
+    from imgclf.publish import Published, publish
 
     out = result.out
-    net = split.net.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    stages = state["stages"]
-    provenance: dict[str, Any] = {
-        "architecture": f"{entry.name} (fine-tuned)",
-        "base_model": entry.name,
-        "family": entry.family,
-        "weights": opts.weights or (entry.weights.filename if entry.weights else None),
-        "num_params": sum(p.numel() for p in net.parameters()),
-        "dataset": {"path": str(data.root.resolve()), "classes": list(data.classes), "counts": data.counts(),
-                    "val_from": data.val_from, "skipped_files": len(data.skipped)},
-        "finetune": {
-            "freeze_epochs": opts.freeze_epochs, "epochs": opts.epochs, "augment": opts.augment,
-            "image_size": spec.input_size, "lr": opts.lr, "finetune_lr": opts.stage2_lr, "lr_decay": opts.lr_decay,
-            "layer_groups": len(split.groups), "batch_size": opts.batch_size, "seed": opts.seed,
-            "label_smoothing": opts.label_smoothing, "kept_stage": result.kept, "test_time_augmentation": opts.tta,
-            "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in stages.items()},
-        },
-    }
+    kept = result.kept or "all"
+    net: torch.nn.Module = split.net.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    provenance = _provenance(split, data, spec, opts, state, kept, entry)
     if opts.tta:
         from imgclf.train.models import TTA
 
         net = TTA(net, 1).eval()  # mirror averaging, inside the exported graph
-    check = data.val.images[0].permute(1, 2, 0).numpy()
-    report = export_package(net, out, name=name, labels=list(data.classes), spec=spec, provenance=provenance,
-                            check_image=check)
-    package = report.package
-    result.package = package.path
-    engine = OnnxEngine(package)
-    ev_val, probs_val, kept_val = _evaluate(engine, data, "val")
-    ev_test = _evaluate(engine, data, "test")[0] if data.test is not None else None
-    metrics: dict[str, Any] = {"val_accuracy": ev_val.accuracy, "val_images": ev_val.n}
-    if ev_test is not None:
-        metrics.update(test_accuracy=ev_test.accuracy, test_images=ev_test.n)
-    metrics["training_seconds"] = round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)
-    update_provenance(package.path, {"metrics": metrics})
-    result.metrics = metrics
+    record = RunRecord(name=name, base=entry.name, dataset=data.raw, spec=spec, options=asdict(opts),
+                       augment=opts.augment, tta=opts.tta, state=state, kept=kept)
 
-    # Extra files beside model.onnx + model.json: the run's record.
-    history = _combined_history(state)
-    write_history(history, out, eval_split="val", meta={"kept_stage": result.kept})
-    if history:
-        plot_learning_curves(history, out / "learning_curves.png",
-                             title=f"{name}: head only, then all layers ({entry.name})")
-    plot_confusion_matrix(ev_val.confusion, ev_val.labels, out / "confusion_matrix.png",
-                          title=f"{name}: validation split (row-normalised)")
-    if ev_test is not None:
-        plot_confusion_matrix(ev_test.confusion, ev_test.labels, out / "confusion_matrix_test.png",
-                              title=f"{name}: test split (row-normalised)")
-    val_files = [data.val.files[i] for i in kept_val]
-    drawn = save_worst_grid(out / "worst_val.png", val_files, probs_val, data.val.labels.numpy()[kept_val],
-                            data.classes, spec)
-    full = {"val": ev_val.to_dict(), "test": ev_test.to_dict() if ev_test else None, "summary": metrics,
-            "stages": provenance["finetune"]["stages"], "kept_stage": result.kept}
-    (out / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    (out / "finetune.json").write_text(json.dumps({"options": asdict(opts), "state": state}, indent=2, default=str)
-                                       + "\n", encoding="utf-8")
-    _write_report(out, name, entry.name, data, spec, opts, provenance, ev_val, ev_test, drawn, history)
+    def report(published: Published) -> None:
+        write_run_files(out, published, record)
+
+    splits = ["val"] + (["test"] if data.test is not None else [])
+    published = publish(net, out, name=name, labels=list(data.classes), spec=spec, provenance=provenance,
+                        check_image=data.val.images[0].permute(1, 2, 0).numpy(), dataset=data.raw,
+                        eval_splits=splits, report=report)
+    result.package = published.package.path
+    result.metrics = dict(published.package.meta.provenance.metrics)
     result.elapsed = time.perf_counter() - t_start
+    ev_val, ev_test = published.evaluations["val"], published.evaluations.get("test")
     log(f"validation accuracy {ev_val.accuracy:.2%} ({ev_val.n} images)"
         + (f", test accuracy {ev_test.accuracy:.2%} ({ev_test.n} images)" if ev_test else "")
-        + f", measured on the exported package; kept the {'all-layers' if result.kept == 'all' else 'head-only'} model")
+        + f", measured on the exported package; kept the {'all-layers' if kept == 'all' else 'head-only'} model")
     log(f"wrote {out} ({name}: {len(data.classes)} classes); serve it with: imgclf serve --model {out}")
-
-
-def _write_report(out: Path, name: str, base: str, data: Any, spec: Any, opts: FinetuneOptions,
-                  provenance: dict[str, Any], ev_val: Any, ev_test: Any, drawn: int,
-                  history: list[dict[str, Any]]) -> None:
-    from imgclf.train.report import evaluation_markdown
-
-    stages = provenance["finetune"]["stages"]
-    lines = [f"# Fine-tuning: {name}", "",
-             f"- base model: `{base}`, input {spec.channels}x{spec.input_size}x{spec.input_size}, "
-             f"augmentation `{opts.augment}`",
-             f"- test-time augmentation: {'mirror (the package averages each image and its mirror image)' if opts.tta else 'none'}",
-             f"- dataset: {data.root} ({len(data.classes)} classes: {', '.join(data.classes)}); "
-             f"{len(data.train)} train, {len(data.val)} val"
-             + (f", {len(data.test)} test" if data.test is not None else "") + f" images; validation = {data.val_from}"]
-    if data.skipped:
-        lines.append(f"- unreadable files skipped: {len(data.skipped)}")
-    for key, label in (("head", "stage 1, head on frozen features"), ("all", "stage 2, all layers")):
-        s = stages.get(key)
-        if s:
-            best = "n/a" if s["best_val_acc"] is None else f"{s['best_val_acc']:.2%}"
-            features = ""
-            if "feature_cache" in s:
-                how = "loaded from the cache" if s["feature_cache"] == "hit" else "computed"
-                features = f" (backbone features {how} in {s['feature_seconds']:.0f} s)"
-            lines.append(f"- {label}: {s['epochs']} epochs ({s['stopped']}), best val accuracy {best}, "
-                         f"{s['seconds']:.0f} s{features}")
-    kept = provenance["finetune"]["kept_stage"]
-    lines += [f"- exported: the best checkpoint of {'stage 2' if kept == 'all' else 'stage 1'}", "",
-              "Figures below are measured on the exported package (`model.onnx`) through the same decode and "
-              "preprocessing as `imgclf serve`.", "", "## Validation", "", evaluation_markdown(ev_val.to_dict())]
-    if ev_test is not None:
-        lines += ["", "## Test", "", evaluation_markdown(ev_test.to_dict()), "",
-                  "![test confusion matrix](confusion_matrix_test.png)"]
-    if history:
-        lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
-    lines += ["", "## Confusion matrix (validation)", "", "![confusion matrix](confusion_matrix.png)", "",
-              "## Worst-classified validation images", "",
-              f"{drawn} misclassified image(s), lowest probability on the true class first." if drawn else
-              "No validation image was misclassified.", "", "![worst-classified](worst_val.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -18,6 +18,7 @@ from imgclf.errors import UserError
 from imgclf.finetune.backbone import Split
 from imgclf.finetune.dataset import FolderData
 from imgclf.finetune.options import FinetuneOptions
+from imgclf.finetune.state import StageState
 from imgclf.preprocess import PreprocessSpec
 from imgclf.train.augment import get_preset
 from imgclf.train.callbacks import EarlyStopping
@@ -40,9 +41,9 @@ class StageOutcome:
         best = result.best["value"] if result.best else None
         return cls(result.epochs, result.stopped, best, round(result.elapsed, 1), list(result.history))
 
-    def brief(self) -> dict[str, Any]:
+    def brief(self) -> StageState:
         """What ``state.json`` keeps of the stage."""
-        return {"epochs": self.epochs, "stopped": self.stopped, "best_val_acc": self.best_val_acc,
+        return {"done": True, "epochs": self.epochs, "stopped": self.stopped, "best_val_acc": self.best_val_acc,
                 "seconds": self.seconds, "history": self.history}
 
 

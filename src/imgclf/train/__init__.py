@@ -1,7 +1,6 @@
 """Training from scratch (``imgclf train``, ``imgclf evaluate``, ``imgclf experiment``).
 
-:mod:`~imgclf.train.sources` reads datasets (CIFAR-10 python format, IDX, image folders through the
-one decode path, with a decode cache), :mod:`~imgclf.train.data` holds them as uint8 tensors with
+:mod:`~imgclf.train.data` holds the datasets that :mod:`imgclf.data` reads as uint8 tensors with
 batched augmentation (:mod:`~imgclf.train.augment`), :mod:`~imgclf.train.loop` is the one trainer
 (also used by fine-tuning) and its parts are :mod:`~imgclf.train.config`,
 :mod:`~imgclf.train.runtime`, :mod:`~imgclf.train.params`, :mod:`~imgclf.train.schedule`,
@@ -9,8 +8,7 @@ batched augmentation (:mod:`~imgclf.train.augment`), :mod:`~imgclf.train.loop` i
 :mod:`~imgclf.train.signals`, :mod:`~imgclf.train.progress`, :mod:`~imgclf.train.hooks` (the
 callback interface) and :mod:`~imgclf.train.callbacks`; :mod:`~imgclf.train.models` the networks,
 :mod:`~imgclf.train.recipes` the named recipes, :mod:`~imgclf.train.run` one run from data to
-package, :mod:`~imgclf.train.evaluate` evaluation through the serving path and
-:mod:`~imgclf.train.report` the history files, plots and ``report.md``.
+package (published by :mod:`imgclf.publish`; evaluation and reports are :mod:`imgclf.evaluation`).
 
 Importing this package loads neither torch nor numpy-heavy code.
 

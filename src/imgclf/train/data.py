@@ -26,11 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from imgclf.data import RawDataset, RawSplit, decode_folder, open_dataset, to_geometry
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train import sources
 from imgclf.train.augment import Augment, augment_batch
-from imgclf.train.sources import RawDataset, RawSplit
 
 
 class Batches(Protocol):
@@ -120,7 +119,7 @@ def load_training_data(path: str | os.PathLike[str] | None, fmt: str = "auto", *
     Pixels are brought to ``image_size`` (default: the dataset's own size, 32 for image folders)
     by squashing, with the same function the server uses; mean/std are the train split's.
     """
-    raw = sources.open_dataset(path, fmt, val_fraction=val_fraction, seed=seed)
+    raw = open_dataset(path, fmt, val_fraction=val_fraction, seed=seed)
     if raw.format == "folder":
         size = image_size or 32
     else:
@@ -132,12 +131,12 @@ def load_training_data(path: str | os.PathLike[str] | None, fmt: str = "auto", *
                               interpolation=interpolation, grayscale=gray,  # type: ignore[arg-type]
                               mean=(0.0,), std=(1.0,))
     if raw.format == "folder":
-        sources.decode_folder(raw, geometry, cache_dir=Path(cache_dir) if cache_dir else None,
-                              workers=workers, progress=progress, use_cache=use_cache)
+        decode_folder(raw, geometry, cache_dir=Path(cache_dir) if cache_dir else None,
+                      workers=workers, progress=progress, use_cache=use_cache)
     else:
         for split in raw.splits.values():
             assert split.images is not None
-            split.images = sources.to_geometry(split.images, geometry)
+            split.images = to_geometry(split.images, geometry)
     sets = {name: ImageSet.from_raw(split) for name, split in raw.splits.items()}
     mean, std = channel_stats(sets["train"].images)
     spec = PreprocessSpec(input_size=size, crop_pct=1.0, resize_mode="squash", interpolation=interpolation,  # type: ignore[arg-type]

@@ -262,7 +262,7 @@ class Trainer:
     def _write_history(self) -> None:
         if self.out_dir is None or not self.is_main:
             return
-        from imgclf.train.report import write_history
+        from imgclf.evaluation import write_history
 
         write_history(self.history, self.out_dir, eval_split=self.eval_split, meta={"stopped": self.stopped})
 
