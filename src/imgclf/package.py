@@ -1,4 +1,5 @@
-"""The model package: the contract between training and serving.
+"""The model package: the contract between training and serving (one file, about 400 lines, on
+purpose: its typed metadata and provenance, reading, validation and writing change together).
 
 A package is a directory holding ``model.onnx`` and ``model.json``. ``model.json`` carries the
 format version, name, version, labels, preprocessing spec, input and output names and provenance

@@ -109,14 +109,14 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
             load_stage_weights(split.head, run_dir / "stage1")
             log("stage 1 (head) already done; continuing with stage 2")
         else:
-            files = data.train.files + data.val.files
+            files = (data.train.files or []) + (data.val.files or [])  # a folder's sets always carry them
             t0 = time.perf_counter()
-            backbone = split.backbone.to(memory_format=torch.channels_last)
+            backbone = split.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch stubs lack it)
             fs = cached_features(backbone, torch.cat([data.train.images, data.val.images]), files, spec,
                                  architecture=entry.name,
                                  cache_dir=cache_root / "features" if cache_root else None,
                                  progress=opts.progress, use_cache=opts.use_cache)
-            backbone.to(memory_format=torch.contiguous_format)
+            backbone.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
             feature_seconds = round(time.perf_counter() - t0, 1)
             result.feature_cache, result.feature_cache_hit = fs.path, fs.hit
             how = "loaded from the cache" if fs.hit else f"computed in {feature_seconds:.1f}s"
@@ -203,7 +203,8 @@ def _export(result: FinetuneResult, split: Split, data: FolderData, spec: Prepro
 
     out = result.out
     kept = result.kept or "all"
-    net: torch.nn.Module = split.net.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    net: torch.nn.Module = split.net.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    net = net.float().eval()
     provenance = _provenance(split, data, spec, opts, state, kept, entry)
     if opts.tta:
         from imgclf.train.models import TTA

@@ -59,7 +59,7 @@ def saved_options(out: str | Path) -> dict[str, Any] | None:
 def resolve_options(stated: StatedOptions) -> FinetuneOptions:
     """The options of a run from those stated (on the command line: the flags given; in Python: the
     arguments not None). With ``resume``, the others come from the run in ``out``."""
-    given = {k: v for k, v in stated.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in stated.items() if v is not None}
     saved = saved_options(stated["out"]) if stated.get("resume") else None
     if saved is not None:
         defining_given = {k: v for k, v in given.items() if k in DEFINING}

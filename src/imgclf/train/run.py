@@ -17,11 +17,19 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import UserError
 from imgclf.package import DatasetRecord, Provenance, package_name
 from imgclf.train.resume_options import merge_on_resume, refuse_overwrite
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from imgclf.publish import Published
+    from imgclf.train.config import FitResult
+    from imgclf.train.data import TrainingData
+    from imgclf.train.recipes import Setup
 
 
 @dataclass
@@ -114,7 +122,7 @@ def recipe_for(opts: RunOptions) -> dict[str, Any]:
                         ("net.arch", opts.arch)):
         if value is not None:
             overrides[path] = value
-    hyp = recipes.get_recipe(opts.recipe, overrides)
+    hyp = recipes.get_recipe(opts.recipe or "vgg", overrides)  # resolve_options has set it; "vgg" is its default
     if opts.arch is not None:
         family = "fast" if opts.arch == "fast" else "vgg" if opts.arch.startswith("vgg") else None
         if family is None:
@@ -140,8 +148,9 @@ def train(opts: RunOptions) -> RunOutcome:
     import torch
 
     from imgclf.train.data import image_batches, load_training_data
-    from imgclf.train.loop import Trainer, configure_cpu, init_distributed
+    from imgclf.train.loop import Trainer
     from imgclf.train.recipes import build
+    from imgclf.train.runtime import configure_cpu, init_distributed
 
     opts = resolve_options(opts)
     rank, world, _ = init_distributed()
@@ -188,7 +197,8 @@ def train(opts: RunOptions) -> RunOutcome:
     outcome = RunOutcome(out, result.stopped, history=result.history, elapsed=result.elapsed, is_main=rank == 0)
     if result.stopped == "interrupted" or rank != 0:
         return outcome
-    model = trainer.module.to("cpu").to(memory_format=torch.contiguous_format).float().eval()
+    model = trainer.module.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    model = model.float().eval()
     from imgclf.train.models import TTA
 
     served = TTA(model, setup.tta).eval() if setup.tta else model
@@ -197,7 +207,7 @@ def train(opts: RunOptions) -> RunOutcome:
     return outcome
 
 
-def _count(model: Any) -> int:
+def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -211,7 +221,8 @@ def _report_skipped(skipped: list[tuple[str, str]]) -> None:
         print(f"  ... and {len(skipped) - 10} more (listed in run.json)", file=sys.stderr)
 
 
-def provenance_of(served: Any, *, data: Any, hyp: dict[str, Any], setup: Any, result: Any) -> Provenance:
+def provenance_of(served: nn.Module, *, data: TrainingData, hyp: dict[str, Any], setup: Setup,
+                  result: FitResult) -> Provenance:
     """The package's record of this run (the metrics measured on the package are added by publish)."""
     info = data.describe()
     history = result.history
@@ -234,11 +245,11 @@ def provenance_of(served: Any, *, data: Any, hyp: dict[str, Any], setup: Any, re
                       dataset=dataset, metrics=metrics, training=training)
 
 
-def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any, result: Any,
-           name: str) -> tuple[Path, dict[str, Any] | None]:
+def finish(out: Path, served: nn.Module, *, data: TrainingData, hyp: dict[str, Any], setup: Setup,
+           result: FitResult, name: str) -> tuple[Path, dict[str, Any] | None]:
     """Publish the package (evaluated through the serving path on the test split, else val), then
     write the plots and report.md."""
-    from imgclf.publish import Published, publish
+    from imgclf.publish import publish
 
     example = data.train.images[0].permute(1, 2, 0).numpy()
     if example.shape[-1] == 1:
@@ -256,8 +267,8 @@ def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any
     return published.package.path, ev.to_dict() if ev is not None else None
 
 
-def _write_report(out: Path, published: Any, *, name: str, data: Any, hyp: dict[str, Any], setup: Any,
-                  result: Any) -> None:
+def _write_report(out: Path, published: Published, *, name: str, data: TrainingData, hyp: dict[str, Any],
+                  setup: Setup, result: FitResult) -> None:
     """metrics.json and confusion_matrix.png (of the package's evaluation), learning_curves.png, report.md."""
     from imgclf.evaluation import plot_learning_curves, write_evaluation, write_run_report
 
