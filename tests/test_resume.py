@@ -88,6 +88,17 @@ def test_finetune_without_data_or_a_run_to_resume(tmp_path, capsys):
     assert "no unfinished run" in capsys.readouterr().err
 
 
+def test_the_python_api_resumes_by_the_same_rules(tmp_path):
+    import imgclf
+
+    with pytest.raises(UserError, match="--resume cannot change .*--seed"):
+        imgclf.finetune(out=_finetune_run(tmp_path), resume=True, seed=4)
+    with pytest.raises(UserError, match="--resume cannot change .*--seed"):
+        imgclf.train(out=_train_run(tmp_path), resume=True, seed=4)
+    with pytest.raises(UserError, match="no unfinished run"):
+        imgclf.finetune(out=tmp_path / "new", resume=True)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(availability(zoo.get("efficientnet_lite0")) != "installed",
                     reason="the efficientnet-lite0 weights package is not installed")
