@@ -5,7 +5,7 @@ confusion matrices, the worst-classified validation images, ``metrics.json``, ``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from imgclf.evaluation import (
     save_worst_grid,
     write_history,
 )
+from imgclf.finetune.options import FinetuneOptions
 from imgclf.finetune.state import RunState, StageState
 from imgclf.preprocess import PreprocessSpec
 
@@ -33,9 +34,7 @@ class RunRecord:
     base: str  # the zoo model fine-tuned
     dataset: RawDataset  # decoded, split as trained
     spec: PreprocessSpec
-    options: dict[str, Any]  # the run's options as JSON values, for finetune.json
-    augment: str
-    tta: int
+    options: FinetuneOptions  # as run (finetune.json keeps them)
     state: RunState  # per stage epochs, best accuracy, history
     kept: str  # "head" or "all": the stage whose weights were published
 
@@ -91,7 +90,7 @@ def write_run_files(out: Path, published: Published, record: RunRecord) -> None:
     full = {"val": ev_val.to_dict(), "test": ev_test.to_dict() if ev_test else None, "summary": summary,
             "stages": stage_summaries(record.state), "kept_stage": record.kept}
     (out / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    (out / "finetune.json").write_text(json.dumps({"options": record.options, "state": record.state},
+    (out / "finetune.json").write_text(json.dumps({"options": asdict(record.options), "state": record.state},
                                                   indent=2, default=str) + "\n", encoding="utf-8")
     (out / "report.md").write_text(report_markdown(record, ev_val, ev_test, drawn, bool(history)), encoding="utf-8")
 
@@ -103,9 +102,9 @@ def report_markdown(record: RunRecord, ev_val: Evaluation, ev_test: Evaluation |
     n = {k: len(v) for k, v in ds.splits.items()}
     lines = [f"# Fine-tuning: {record.name}", "",
              f"- base model: `{record.base}`, input {spec.channels}x{spec.input_size}x{spec.input_size}, "
-             f"augmentation `{record.augment}`",
+             f"augmentation `{record.options.augment}`",
              "- test-time augmentation: "
-             + ("mirror (the package averages each image and its mirror image)" if record.tta else "none"),
+             + ("mirror (the package averages each image and its mirror image)" if record.options.tta else "none"),
              f"- dataset: {ds.root} ({len(ds.classes)} classes: {', '.join(ds.classes)}); "
              f"{n['train']} train, {n['val']} val" + (f", {n['test']} test" if "test" in n else "")
              + f" images; validation = {ds.val_from or ''}"]

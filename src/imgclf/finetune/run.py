@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -210,8 +210,7 @@ def _export(result: FinetuneResult, split: Split, data: FolderData, spec: Prepro
         from imgclf.train.models import TTA
 
         net = TTA(net, 1).eval()  # mirror averaging, inside the exported graph
-    record = RunRecord(name=name, base=entry.name, dataset=data.raw, spec=spec, options=asdict(opts),
-                       augment=opts.augment, tta=opts.tta, state=state, kept=kept)
+    record = RunRecord(name=name, base=entry.name, dataset=data.raw, spec=spec, options=opts, state=state, kept=kept)
 
     def report(published: Published) -> None:
         write_run_files(out, published, record)
