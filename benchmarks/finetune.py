@@ -102,7 +102,7 @@ def main() -> int:
         wall = timed(vgg_argv)
         meta = json.loads((vgg_out / "package" / "model.json").read_text())
         metrics = meta["provenance"]["metrics"]
-        epochs = meta["provenance"].get("epochs")
+        epochs = meta["provenance"].get("training", {}).get("epochs")
         rows.append((f"small VGG from scratch (recipe `{args.vgg_recipe}`, 32 px, {epochs} epochs)",
                      metrics.get("best_val_accuracy"), metrics.get("test_accuracy"), wall))
 

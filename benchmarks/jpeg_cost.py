@@ -147,7 +147,7 @@ def distortion(args: argparse.Namespace) -> None:
 
 
 def idx_to_folder(args: argparse.Namespace) -> None:
-    from imgclf.train.sources import read_idx_dataset
+    from imgclf.data import read_idx_dataset
 
     dst = new_folder(args.dst)
     ds = read_idx_dataset(Path(args.src), "fashion-mnist")

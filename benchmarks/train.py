@@ -52,9 +52,9 @@ def cpu_seconds() -> float:
 def _fake_data(channels: int, size: int, classes: int, n: int):
     import torch
 
+    from imgclf.data import RawDataset, RawSplit
     from imgclf.preprocess import PreprocessSpec
     from imgclf.train.data import ImageSet, TrainingData
-    from imgclf.train.sources import RawDataset, RawSplit
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)

@@ -29,7 +29,8 @@ def build_tiny_package(out_dir: Path, name: str = "tiny", labels: list[str] | No
     """A tiny conv net with random weights, exported through the real export path."""
     import torch
 
-    from imgclf.export import export_package
+    from imgclf.package import Provenance
+    from imgclf.publish import publish
 
     torch.manual_seed(seed)
     labels = labels or TINY_LABELS
@@ -39,7 +40,7 @@ def build_tiny_package(out_dir: Path, name: str = "tiny", labels: list[str] | No
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, len(labels)),
     )
     spec = PreprocessSpec(input_size=32, crop_pct=0.875)
-    export_package(net, out_dir, name=name, labels=labels, spec=spec, provenance={"architecture": "tiny-test-net"})
+    publish(net, out_dir, name=name, labels=labels, spec=spec, provenance=Provenance(architecture="tiny-test-net"))
     return out_dir
 
 
@@ -165,7 +166,7 @@ def export_cached(model: str, home: Path) -> Path:
     import pytest
 
     from imgclf import zoo
-    from imgclf.export import export_zoo_model
+    from imgclf.publish import export_zoo_model
     from imgclf.zoo.weights import availability
 
     try:

@@ -12,14 +12,15 @@ import torch
 from torch import nn
 
 from imgclf import zoo
-from imgclf.finetune.augment import PRESETS, AugmentPreset, SpecTransform
+from imgclf.evaluation import save_worst_grid, worst_indices
 from imgclf.finetune.backbone import FineTuneNet, find_classifier, split_model
 from imgclf.finetune.features import cache_key, cached_features, weights_digest
-from imgclf.finetune.run import layerwise_groups
-from imgclf.finetune.worst import save_worst_grid, worst_indices
+from imgclf.finetune.stages import layerwise_groups
 from imgclf.images import decode_file
 from imgclf.preprocess import PreprocessSpec, caffe_spec, normalize, preprocess, resize_and_crop
 from imgclf.samples import reference_photo
+from imgclf.train.augment import PRESETS, Augment
+from imgclf.train.data import ImageTransform
 
 # One entry per family; the smallest input each one accepts keeps the test quick.
 FAMILIES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "resnet50": 64, "squeezenet1_1": 64,
@@ -88,14 +89,14 @@ def _pixels(spec: PreprocessSpec) -> torch.Tensor:
 
 @pytest.mark.parametrize("spec", [LITE, caffe_spec(64), PreprocessSpec(input_size=48)], ids=["lite", "caffe-bgr", "imagenet"])
 def test_validation_transform_is_the_serving_preprocessing(spec):
-    x = SpecTransform(spec)(_pixels(spec))[0].numpy()
+    x = ImageTransform(spec)(_pixels(spec))[0].numpy()
     np.testing.assert_allclose(x, preprocess(reference_photo(), spec), rtol=0, atol=1e-5)
 
 
 def test_flip_only_preset_mirrors_exactly():
-    flip = AugmentPreset(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)
+    flip = Augment(flip="random", flip_p=1.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     px = _pixels(LITE)
-    got = SpecTransform(LITE, flip)(px, generator=torch.Generator().manual_seed(0))[0].numpy()
+    got = ImageTransform(LITE, flip)(px, generator=torch.Generator().manual_seed(0))[0].numpy()
     want = normalize(px[0].permute(1, 2, 0).numpy()[:, ::-1], LITE)
     np.testing.assert_allclose(got, want, atol=1e-3)
 
@@ -104,7 +105,7 @@ def test_flip_only_preset_mirrors_exactly():
 def test_presets_are_seeded_random_and_in_range(name):
     preset = PRESETS[name]
     px = _pixels(LITE).repeat(4, 1, 1, 1)
-    tf = SpecTransform(LITE, preset)
+    tf = ImageTransform(LITE, preset)
     a = tf(px, generator=torch.Generator().manual_seed(1))
     b = tf(px, generator=torch.Generator().manual_seed(1))
     c = tf(px, generator=torch.Generator().manual_seed(2))
@@ -180,9 +181,9 @@ def test_features_match_the_eval_mode_backbone():
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     from imgclf.finetune.features import extract
 
-    got = extract(backbone.train(), images, SpecTransform(spec))
+    got = extract(backbone.train(), images, ImageTransform(spec))
     with torch.no_grad():
-        want = backbone.eval()(SpecTransform(spec)(images))
+        want = backbone.eval()(ImageTransform(spec)(images))
     torch.testing.assert_close(got, want)
 
 
@@ -214,3 +215,13 @@ def test_worst_grid_png(tmp_path):
     n = save_worst_grid(tmp_path / "none.png", files, probs, np.array([1, 1, 0]), ["a", "b"],
                         PreprocessSpec(input_size=32))
     assert n == 0 and decode_file(tmp_path / "none.png").shape[2] == 3
+
+
+def test_augment_settings_are_checked():
+    with pytest.raises(ValueError, match="replaces translate and cutout"):
+        Augment(crop_scale=(0.5, 1.0), translate=2)
+    with pytest.raises(ValueError, match="crop_scale"):
+        Augment(crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="probability"):
+        Augment(flip="random", flip_p=1.5)
+    assert not Augment().active and Augment(brightness=0.1).active and PRESETS["none"] is None

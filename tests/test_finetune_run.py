@@ -86,7 +86,7 @@ def test_feature_cache_written_then_used(run):
 
 def test_mirror_tta_package_is_mirror_invariant(run, tmp_path):
     pkg = load_package(run["base"] / "repo" / "shapes-head")
-    assert pkg.meta.provenance["finetune"]["test_time_augmentation"] == 1
+    assert pkg.meta.provenance.training["test_time_augmentation"] == 1
     engine = OnnxEngine(pkg)
     x = np.stack([prepare(f.read_bytes(), engine.spec) for fs in _fresh_images(tmp_path, 1).values() for f in fs])
     np.testing.assert_allclose(engine.logits(x), engine.logits(x[..., ::-1].copy()), atol=1e-4)
@@ -97,8 +97,11 @@ def test_package_contents_and_metadata(run):
     assert pkg.name == "shapes" and pkg.labels == ["circles", "squares", "triangles"]
     assert pkg.spec.input_size == 64 and pkg.spec.interpolation == "bicubic"  # the base model's preprocessing
     prov = pkg.meta.provenance
-    assert prov["base_model"] == "efficientnet_lite0" and prov["dataset"]["skipped_files"] == 2
-    assert 0.0 <= prov["metrics"]["val_accuracy"] <= 1.0
+    assert prov.task == "finetune" and prov.parent == "efficientnet_lite0"
+    assert prov.dataset is not None and prov.dataset.skipped_files == 2
+    assert 0.0 <= prov.metrics["val_accuracy"] <= 1.0
+    metrics = json.loads((run["pkg"] / "metrics.json").read_text())
+    assert prov.metrics["val_accuracy"] == metrics["val"]["accuracy"] and metrics["summary"] == dict(prov.metrics)
     for name in ("learning_curves.png", "confusion_matrix.png", "worst_val.png", "report.md", "history.csv"):
         assert (run["pkg"] / name).is_file(), name
     report = (run["pkg"] / "report.md").read_text()

@@ -14,9 +14,10 @@ from torch import nn
 
 from imgclf.cli import main
 from imgclf.engine import OnnxEngine, top_k
-from imgclf.export import export_onnx, export_package
-from imgclf.package import PackageError, check_name, import_onnx, load_package, update_provenance
+from imgclf.export import export_onnx
+from imgclf.package import DatasetRecord, PackageError, Provenance, check_name, import_onnx, load_package
 from imgclf.preprocess import PreprocessSpec
+from imgclf.publish import publish
 from imgclf.samples import reference_photo
 
 SPEC = PreprocessSpec(input_size=32, crop_pct=1.0, resize_mode="squash")
@@ -39,9 +40,9 @@ def tiny_net(out: int = 4, softmax: bool = False) -> nn.Module:
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     out = tmp_path_factory.mktemp("pkg") / "tiny"
-    report = export_package(tiny_net(), out, name="tiny", labels=LABELS, spec=SPEC,
-                            provenance={"architecture": "tiny", "dataset": "none"})
-    assert report.max_abs_diff < 1e-4
+    report = publish(tiny_net(), out, name="tiny", labels=LABELS, spec=SPEC,
+                     provenance=Provenance(architecture="tiny", dataset=DatasetRecord("none")))
+    assert report.check.max_abs_diff < 1e-4
     return report.package
 
 
@@ -118,24 +119,12 @@ def test_bad_names_rejected(name):
 
 def test_export_is_atomic_and_replaces_whole(package, tmp_path):
     out = tmp_path / "pkg"
-    export_package(tiny_net(), out, name="first", labels=LABELS, spec=SPEC)
+    publish(tiny_net(), out, name="first", labels=LABELS, spec=SPEC)
     (out / "stray.txt").write_text("left from before")
-    export_package(tiny_net(), out, name="second", labels=LABELS, spec=SPEC)
+    publish(tiny_net(), out, name="second", labels=LABELS, spec=SPEC)
     assert load_package(out).name == "second"
     assert not (out / "stray.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no temp dirs left behind
-
-
-def test_update_provenance_rewrites_model_json_alone(tmp_path):
-    out = tmp_path / "pkg"
-    export_package(tiny_net(), out, name="m", labels=LABELS, spec=SPEC, provenance={"dataset": "none"})
-    onnx_before = (out / "model.onnx").stat()
-    update_provenance(out, {"metrics": {"accuracy": 0.5}})
-    reloaded = load_package(out)  # verifies the recorded ONNX hash
-    assert reloaded.meta.provenance["metrics"] == {"accuracy": 0.5}
-    assert reloaded.meta.provenance["dataset"] == "none"
-    assert (out / "model.onnx").stat().st_ino == onnx_before.st_ino  # the ONNX file was not rewritten
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
 
 
 def test_package_is_readable_by_other_users_under_the_usual_umask(tmp_path):
@@ -143,7 +132,7 @@ def test_package_is_readable_by_other_users_under_the_usual_umask(tmp_path):
     old = os.umask(0o022)
     try:
         out = tmp_path / "pkg"
-        export_package(tiny_net(), out, name="shared", labels=LABELS, spec=SPEC)
+        publish(tiny_net(), out, name="shared", labels=LABELS, spec=SPEC)
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755

@@ -59,10 +59,11 @@ def test_train_writes_run_files_and_package(vgg_run, cifar):
     x, _ = class_images(24, seed=1)  # the training images: the spec carries their statistics
     np.testing.assert_allclose(spec.mean, (x / 255).mean(axis=(0, 1, 2)), atol=1e-4)
     prov = pkg.meta.provenance
-    assert prov["architecture"] == "vgg3" and prov["recipe"] == "vgg3-bn-l2-dropout-aug"
-    assert prov["dataset"]["name"] == "cifar10" and prov["epochs"] == 2.0 and prov["seed"] == 3
+    assert prov.architecture == "vgg3" and prov.task == "train" and prov.training["recipe"] == "vgg3-bn-l2-dropout-aug"
+    assert prov.dataset is not None and prov.dataset.name == "cifar10"
+    assert prov.training["epochs"] == 2.0 and prov.training["seed"] == 3
     metrics = json.loads((vgg_run / "metrics.json").read_text())
-    assert prov["metrics"]["test_accuracy"] == metrics["accuracy"] and metrics["n"] == 24
+    assert prov.metrics["test_accuracy"] == metrics["accuracy"] and metrics["n"] == 24
     report = (vgg_run / "report.md").read_text()
     assert "## Test results" in report and "learning_curves.png" in report and "| airplane |" in report
 

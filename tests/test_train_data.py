@@ -18,9 +18,10 @@ from train_support import (
     write_image_folder,
 )
 
+import imgclf.data.decode
+from imgclf.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, decode_files, detect_format, read_cifar10
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec, normalize
-from imgclf.train import sources
 from imgclf.train.data import (
     Augment,
     ImageTransform,
@@ -31,7 +32,7 @@ from imgclf.train.data import (
     load_training_data,
 )
 
-DEBIAN_FASHION = sources.FASHION_MNIST_DIR
+DEBIAN_FASHION = FASHION_MNIST_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ DEBIAN_FASHION = sources.FASHION_MNIST_DIR
 @pytest.mark.parametrize("tar_gz", [False, True], ids=["folder", "tar.gz"])
 def test_cifar10_python_format(tmp_path, tar_gz):
     path = write_cifar10(tmp_path, n_train_per_class=5, n_test_per_class=3, tar_gz=tar_gz)
-    assert sources.detect_format(path) == "cifar10"
+    assert detect_format(path) == "cifar10"
     data = load_training_data(path)
     assert data.classes == CLASSES
     assert data.train.images.shape == (20, 3, 32, 32) and data.train.images.dtype == torch.uint8
@@ -78,7 +79,7 @@ def test_cifar10_refuses_code_in_pickles(tmp_path):
 def test_cifar10_missing_batches(tmp_path):
     (tmp_path / "data_batch_7").write_bytes(b"")
     with pytest.raises(UserError):
-        sources.read_cifar10(tmp_path)
+        read_cifar10(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_folder_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again despite a valid cache")
 
-    monkeypatch.setattr(sources, "decode_files", boom)
+    monkeypatch.setattr(imgclf.data.decode, "decode_files", boom)
     second = load_training_data(root, cache_dir=cache)
     assert torch.equal(first.train.images, second.train.images)
     # Touching a file changes the key: the folder is decoded again.
@@ -156,8 +157,8 @@ def test_decode_pool_matches_inline(tmp_path):
     write_image_folder(tmp_path, {"": 300}, classes=4)  # 1,200 files: three chunks
     files = sorted(tmp_path.rglob("*.png"))
     spec = PreprocessSpec(input_size=16, crop_pct=1.0, resize_mode="squash")
-    pooled, bad1 = sources.decode_files(files, spec, workers=2)
-    inline, bad2 = sources.decode_files(files, spec, workers=1)
+    pooled, bad1 = decode_files(files, spec, workers=2)
+    inline, bad2 = decode_files(files, spec, workers=1)
     assert not bad1 and not bad2
     np.testing.assert_array_equal(pooled, inline)
 
@@ -179,9 +180,9 @@ def test_folder_errors(tmp_path):
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_fashion_idx(tmp_path, gz):
     root = write_fashion_idx(tmp_path / "fashion-mnist", gz=gz)
-    assert sources.detect_format(root) == "idx"
+    assert detect_format(root) == "idx"
     data = load_training_data(root)
-    assert data.classes == sources.FASHION_MNIST_CLASSES
+    assert data.classes == FASHION_MNIST_CLASSES
     assert data.spec.grayscale and data.spec.channels == 1 and data.spec.input_size == 28
     assert data.train.images.shape == (60, 1, 28, 28) and data.test is not None and len(data.test) == 30
 

@@ -13,7 +13,7 @@ import torch
 from train_support import write_cifar10
 
 from imgclf.package import load_package
-from imgclf.train.loop import load_checkpoint
+from imgclf.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     assert [r["step"] for r in history] == [4, 8]
     assert json.loads((out / "run.json").read_text())["environment"]["processes"] == 2
     pkg = load_package(out / "package")
-    assert pkg.meta.provenance["steps"] == 8
+    assert pkg.meta.provenance.training["steps"] == 8
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert Path(out / "report.md").is_file()

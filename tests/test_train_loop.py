@@ -14,10 +14,15 @@ from torch import nn
 from train_support import class_images
 
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train.callbacks import Callback, EarlyStopping, FreezeGroupAfter, LambdaCallback, Lookahead
+from imgclf.train.callbacks import EarlyStopping, FreezeGroupAfter, Lookahead
+from imgclf.train.checkpoint import load_checkpoint
+from imgclf.train.config import TrainConfig
 from imgclf.train.data import Augment, ImageSet, TensorBatches, image_batches
-from imgclf.train.loop import TrainConfig, Trainer, cpu_has_bf16, load_checkpoint, lr_factor
+from imgclf.train.hooks import Callback, LambdaCallback
+from imgclf.train.loop import Trainer
 from imgclf.train.models import build_model
+from imgclf.train.precision import cpu_has_bf16
+from imgclf.train.schedule import lr_factor
 
 FP32 = {"precision": "fp32", "channels_last": False, "progress": False, "log_epochs": False}
 
@@ -298,7 +303,7 @@ def test_fast_net_whitens_in_fp32_under_bf16_autocast():
 def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
     """The trainer averages the loss; airbench states its rates for a summed loss, per 1024
     examples, divided by Nesterov's gain. Same init, same batches: the weights must agree."""
-    from imgclf.train.recipes import _fast_training, get_recipe
+    from imgclf.train.recipes import fast_training, get_recipe
 
     hyp = get_recipe("fast", {"net.widths": [8, 16, 16]})
     batch, momentum, label_smoothing = 64, 0.85, 0.2
@@ -312,7 +317,7 @@ def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
         return m
 
     ours, ref = net(), net()
-    _, groups, _ = _fast_training(hyp, ours, None, init_model=False)
+    _, groups, _ = fast_training(hyp, ours, None, init_model=False)
     opt_ours = torch.optim.SGD([{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
                                 for g in groups], momentum=momentum, nesterov=True)
     # airbench94.py, verbatim in substance
@@ -336,3 +341,30 @@ def test_fast_recipe_updates_equal_airbench94s_summed_loss_formulation():
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
     assert not torch.equal(ours.layers[0].norm1.bias, net().layers[0].norm1.bias)  # the biases did move
+
+
+def test_a_checkpoint_written_before_the_trainer_was_split_still_resumes(tmp_path):
+    """``tests/data/checkpoint_v1`` was written by the trainer of the previous release: ``last.pt``
+    of a 4-epoch run stopped at step 10 (mid-epoch 2), and the weights the same run ends with
+    uninterrupted. Resuming it now must end with those weights."""
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "data" / "checkpoint_v1"
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(fixture / "last.pt", tmp_path / "checkpoints" / "last.pt")
+    expected = torch.load(fixture / "expected.pt", weights_only=True)
+    x, y = _features()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 3))
+    config = TrainConfig(epochs=4, lr=0.1, momentum=0.9, schedule="cosine", warmup=0.2, seed=3, **FP32)
+    threads = torch.get_num_threads()
+    result = Trainer(model, TensorBatches(x, y, batch_size=16, shuffle=True, drop_last=True, seed=1),
+                     val=TensorBatches(x, y, batch_size=64), config=config,
+                     callbacks=[EarlyStopping("val_loss", patience=10)], out_dir=tmp_path).fit(resume=True)
+    assert torch.get_num_threads() == threads  # the checkpoint's thread count applies to the run only
+    assert result.stopped == "completed" and result.steps == expected["steps"] == 28
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-6)
+    assert result.history[-1]["val_loss"] == pytest.approx(expected["history"][-1]["val_loss"], abs=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imgclf import zoo
-from imgclf.export import export_package
+from imgclf.publish import publish
 from imgclf.zoo.labels import imagenet_labels
 from imgclf.zoo.loading import count_params
 
@@ -242,11 +242,11 @@ def test_weight_sources():
 
 @pytest.mark.slow
 def test_exports_to_onnx_matching_torch(built, tmp_path):
-    """Random-init model -> package; export_package itself fails unless ONNX Runtime matches torch
+    """Random-init model -> package; publish itself fails unless ONNX Runtime matches torch
     on a real photo (relative tolerance 1e-3, same top-1)."""
     name, model = built
     spec = zoo.get(name).preprocess
-    report = export_package(model, tmp_path / name, name=name, labels=list(imagenet_labels()), spec=spec)
-    assert report.top1_onnx == report.top1_torch
+    report = publish(model, tmp_path / name, name=name, labels=list(imagenet_labels()), spec=spec)
+    assert report.check.top1_onnx == report.check.top1_torch
     assert report.package.spec == spec
     assert report.package.onnx_path.stat().st_size > 80e6  # float32 weights: ~4 bytes per parameter

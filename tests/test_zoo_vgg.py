@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from imgclf import zoo
-from imgclf.export import export_package
 from imgclf.preprocess import PreprocessSpec, caffe_spec, preprocess
+from imgclf.publish import publish
 from imgclf.samples import reference_photo
 from imgclf.zoo.labels import imagenet_labels
 from imgclf.zoo.loading import count_params
@@ -158,8 +158,8 @@ def test_small_config_exports_to_onnx_matching_torch(tmp_path, batch_norm):
     torch.manual_seed(0)
     model = VGG(SMALL_CFG, batch_norm=batch_norm, hidden=64).eval()
     spec = zoo.get("vgg16_bn" if batch_norm else "vgg16").preprocess
-    report = export_package(model, tmp_path / "pkg", name="vgg-small", labels=list(imagenet_labels()), spec=spec)
-    assert report.max_abs_diff < 1e-3
+    report = publish(model, tmp_path / "pkg", name="vgg-small", labels=list(imagenet_labels()), spec=spec)
+    assert report.check.max_abs_diff < 1e-3
     meta = json.loads((tmp_path / "pkg" / "model.json").read_text())
     assert PreprocessSpec.from_dict(meta["preprocess"]) == spec
 
@@ -176,7 +176,7 @@ def test_small_config_exports_to_onnx_matching_torch(tmp_path, batch_norm):
 def test_full_vgg16_exports(tmp_path):
     torch.manual_seed(0)
     model = zoo.build("vgg16", pretrained=False)
-    report = export_package(model, tmp_path / "vgg16", name="vgg16", labels=list(imagenet_labels()),
+    report = publish(model, tmp_path / "vgg16", name="vgg16", labels=list(imagenet_labels()),
                             spec=zoo.get("vgg16").preprocess)
-    assert report.top1_onnx == report.top1_torch
+    assert report.check.top1_onnx == report.check.top1_torch
     assert (tmp_path / "vgg16" / "model.onnx").stat().st_size > 500e6

@@ -27,19 +27,22 @@ _LAZY = {
     "Prediction": "imgclf.engine",
 }
 
-__all__ = ["Classifier", "FileResult", "Prediction", "__version__", "load"]
+__all__ = ["Classifier", "FileResult", "Prediction", "__version__", "finetune", "load", "train"]
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in ("train", "finetune"):
+        # Callable packages (see imgclf.training_api): `imgclf.train(...)` loads torch only when used.
+        return importlib.import_module(f"imgclf.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"train", "finetune"})

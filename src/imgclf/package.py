@@ -1,4 +1,5 @@
-"""The model package: the contract between training and serving.
+"""The model package: the contract between training and serving (one file, about 400 lines, on
+purpose: its typed metadata and provenance, reading, validation and writing change together).
 
 A package is a directory holding ``model.onnx`` and ``model.json``. ``model.json`` carries the
 format version, name, version, labels, preprocessing spec, input and output names and provenance
@@ -15,7 +16,8 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,22 @@ class PackageError(UserError, ValueError):
     """A model package is missing, incomplete or inconsistent."""
 
 
+def _object(value: Any, what: str) -> Mapping[str, Any]:  # noqa: ANN401 - any JSON value
+    if not isinstance(value, Mapping):
+        raise PackageError(f"model.json: {what!r} must be an object")
+    return value
+
+
+NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def package_name(raw: str, default: str = "model") -> str:
+    """A valid model name (see :func:`check_name`) from free text such as a folder or dataset
+    name: runs of other characters become '-', '..' becomes '.', at most 64 characters."""
+    name = re.sub(r"\.{2,}", ".", NAME_CHARS.sub("-", raw)).lstrip("-._")[:64].rstrip("-.")
+    return name or default
+
+
 def check_name(name: str) -> str:
     """Model names become URL path segments and directory names: keep them boring."""
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
@@ -43,6 +61,116 @@ def check_name(name: str) -> str:
             f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
     return name
+
+
+Metrics = Mapping[str, "float | int | None"]
+# Keys of the three provenance shapes written before the record was typed (train, finetune, zoo export).
+_TRAINING_KEYS = ("arch_options", "recipe", "recipe_settings", "epochs", "steps", "seed", "stopped",
+                  "training_seconds", "precision", "channels_last", "threads", "test_time_augmentation")
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What a model was trained or evaluated on."""
+
+    name: str
+    path: str | None = None
+    format: str | None = None
+    classes: tuple[str, ...] = ()
+    splits: Mapping[str, int] = field(default_factory=dict)  # images per split: train, val, test
+    val_from: str | None = None  # how the validation split was made
+    skipped_files: int = 0  # unreadable files left out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "format": self.format, "classes": list(self.classes),
+                "splits": dict(self.splits), "val_from": self.val_from, "skipped_files": self.skipped_files}
+
+    @classmethod
+    def from_json(cls, d: Any) -> DatasetRecord:  # noqa: ANN401 - any JSON value
+        """The record from its ``to_dict`` form, or from what older packages wrote: a bare name
+        (zoo exports), a training run's summary or a fine-tuning run's."""
+        if isinstance(d, str):
+            return cls(name=d)
+        if not isinstance(d, dict):
+            raise PackageError(f"provenance 'dataset' must be a name or an object, got {d!r}")
+        path = d.get("path")
+        splits = d.get("splits")
+        if splits is None:  # older shapes: counts at the top (train) or per class (finetune)
+            counts = d.get("counts")
+            if isinstance(counts, dict):
+                splits = {k: int(sum(v)) for k, v in counts.items()}
+            else:
+                splits = {k: int(d[k]) for k in ("train", "val", "test") if isinstance(d.get(k), int)}
+        name = d.get("name") or (Path(str(path)).name if path else "unknown")
+        return cls(name=str(name), path=None if path is None else str(path), format=d.get("format"),
+                   classes=tuple(str(c) for c in d.get("classes") or ()), splits=dict(splits),
+                   val_from=d.get("val_from"), skipped_files=int(d.get("skipped_files") or 0))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a packaged model comes from: one record for trained, fine-tuned, exported and imported models.
+
+    ``task`` says which (``train``, ``finetune``, ``export``, ``import``); ``parent`` names the model
+    it started from (a fine-tuned model's base); ``training`` holds the task's settings and run facts
+    (recipe, epochs, seed, ...); ``extra`` keeps keys this version does not know, so rewriting a
+    newer package loses nothing.
+    """
+
+    architecture: str = "unknown"
+    task: str | None = None
+    family: str | None = None
+    num_params: int | None = None
+    weights: str | None = None
+    weights_source: str | None = None
+    weights_url: str | None = None
+    weights_license: str | None = None
+    parent: str | None = None
+    dataset: DatasetRecord | None = None
+    metrics: Metrics = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    export_check: Mapping[str, Any] = field(default_factory=dict)  # ONNX Runtime vs torch at export
+    source: str | None = None  # the file an imported model came from
+    created: str | None = None
+    imgclf_version: str | None = None
+    onnx_sha256: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None or (isinstance(value, Mapping) and not value):
+                continue
+            d[f.name] = value.to_dict() if isinstance(value, DatasetRecord) else (
+                dict(value) if isinstance(value, Mapping) else value)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
+        """Read ``model.json``'s provenance, in this version's shape or any earlier one."""
+        rest = dict(d)
+        known = {f.name for f in fields(cls)} - {"extra", "dataset", "training", "metrics", "export_check"}
+        values: dict[str, Any] = {k: rest.pop(k) for k in list(rest) if k in known}
+        training = dict(rest.pop("training", None) or {})
+        if "finetune" in rest:  # fine-tuning runs before the typed record
+            training = {**dict(rest.pop("finetune") or {}), **training}
+            values.setdefault("task", "finetune")
+        if "base_model" in rest:
+            values.setdefault("parent", rest.pop("base_model"))
+        moved = {k: rest.pop(k) for k in _TRAINING_KEYS if k in rest}
+        if moved and "recipe" in moved:
+            values.setdefault("task", "train")
+        training = {**moved, **training}
+        dataset = rest.pop("dataset", None)
+        if isinstance(dataset, dict) and dataset.get("eval_split") is not None:
+            training.setdefault("eval_split", dataset["eval_split"])
+        for key in ("num_params",):
+            if values.get(key) is not None:
+                values[key] = int(values[key])
+        return cls(**values, dataset=None if dataset is None else DatasetRecord.from_json(dataset),
+                   metrics=dict(rest.pop("metrics", None) or {}), training=training,
+                   export_check=dict(rest.pop("export_check", None) or {}), extra=rest)
 
 
 @dataclass
@@ -54,7 +182,7 @@ class PackageMeta:
     input_name: str = "input"
     output_name: str = "logits"
     output_kind: OutputKind = "logits"
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +200,7 @@ class PackageMeta:
                 "dtype": "float32",
             },
             "output": {"name": self.output_name, "kind": self.output_kind, "shape": [None, len(self.labels)]},
-            "provenance": self.provenance,
+            "provenance": self.provenance.to_dict(),
         }
 
     @classmethod
@@ -97,7 +225,7 @@ class PackageMeta:
                 input_name=d["input"]["name"],
                 output_name=d["output"]["name"],
                 output_kind=kind,
-                provenance=dict(d.get("provenance") or {}),
+                provenance=Provenance.from_dict(_object(d.get("provenance") or {}, "provenance")),
                 format_version=version,
             )
         except PackageError:
@@ -153,11 +281,10 @@ def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[
     tmp.mkdir()
     try:
         shutil.copyfile(onnx_file, tmp / MODEL_FILE)
-        prov = dict(meta.provenance)
-        prov.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-        prov.setdefault("imgclf_version", __version__)
-        prov["onnx_sha256"] = sha256_file(tmp / MODEL_FILE)
-        meta.provenance = prov
+        prov = meta.provenance
+        meta.provenance = replace(
+            prov, created=prov.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            imgclf_version=prov.imgclf_version or __version__, onnx_sha256=sha256_file(tmp / MODEL_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -170,24 +297,6 @@ def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ModelPackage(out, meta)
-
-
-def update_provenance(path: str | os.PathLike[str], fields: dict[str, Any]) -> ModelPackage:
-    """Merge ``fields`` into a written package's provenance (e.g. the metrics measured on it).
-
-    Only ``model.json`` is rewritten, through a temporary file renamed over it: the ONNX file and
-    the hash recorded for it stay as they are.
-    """
-    package = load_package(path)
-    package.meta.provenance = {**package.meta.provenance, **fields}
-    meta_path = package.path / META_FILE
-    tmp = meta_path.with_name(f".{META_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        tmp.write_text(json.dumps(package.meta.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(meta_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return package
 
 
 def is_package_dir(path: str | os.PathLike[str]) -> bool:
@@ -212,7 +321,7 @@ def load_package(path: str | os.PathLike[str], *, verify_hash: bool = True) -> M
     if not isinstance(raw, dict):
         raise PackageError(f"{meta_path} must hold a JSON object")
     meta = PackageMeta.from_dict(raw)
-    expected = meta.provenance.get("onnx_sha256")
+    expected = meta.provenance.onnx_sha256
     if verify_hash and expected and sha256_file(onnx_path) != expected:
         raise PackageError(
             f"{onnx_path} does not match the sha256 recorded in {META_FILE}; the files come from different exports"
@@ -275,7 +384,7 @@ def import_onnx(
         input_name=inputs[0].name,
         output_name=outputs[0].name,
         output_kind=output_kind,
-        provenance={"architecture": "external", "source": src.name},
+        provenance=Provenance(architecture="external", task="import", source=src.name),
     )
     return write_package(out_dir, src, meta)
 

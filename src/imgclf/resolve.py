@@ -174,7 +174,7 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     cached = cache_dir() / entry.name
     if weights is None and is_package_dir(cached):
         return load_package(cached)
-    from imgclf.export import export_zoo_model
+    from imgclf.publish import export_zoo_model
 
     target = cached if weights is None else cache_dir() / f"{entry.name}-custom"
     if not quiet:

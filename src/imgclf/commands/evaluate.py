@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,15 +35,16 @@ def split_defaults(loaded: LoadedModel) -> tuple[float | None, int]:
         meta = loaded.checkpoint_meta
         return meta.get("val_fraction"), int(meta.get("seed") or 0)
     if loaded.package is not None:
-        settings = loaded.package.meta.provenance.get("recipe_settings") or {}
+        settings = loaded.package.meta.provenance.training.get("recipe_settings") or {}
         return (settings.get("data") or {}).get("val_fraction"), int((settings.get("run") or {}).get("seed") or 0)
     return None, 0
 
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.resolve import open_model
-    from imgclf.train.evaluate import evaluate_engine, format_evaluation, write_evaluation
-    from imgclf.train.sources import open_dataset
+    from imgclf.data import open_dataset
+    from imgclf.evaluation import evaluate_engine, format_evaluation, write_evaluation
+    from imgclf.package import package_name
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -57,13 +57,12 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or ("test" if "test" in dataset.splits else "val")
     ev = evaluate_engine(engine, dataset, split, batch_size=args.batch_size, workers=args.workers,
                          progress=False if args.no_progress else None)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", engine.name).strip("-") or "model"
-    out = Path(args.out or f"eval-{safe}")
+    out = Path(args.out or f"eval-{package_name(engine.name)}")
     files = write_evaluation(ev, out, title=f"{engine.name} on {dataset.name} ({split})")
     if args.json:
         print(json.dumps(ev.to_dict(), indent=2))
     else:
         print(f"{engine.name} on {dataset.name}")
         print(format_evaluation(ev))
-        print(f"wrote {files['metrics']} and {files['confusion_matrix']}")
+        print(f"wrote {' and '.join(str(f) for f in files.values())}")
     return 0

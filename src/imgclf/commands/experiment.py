@@ -54,10 +54,11 @@ def _summary(step_dir: Path, recipe: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.commands.train import _leave_process_group, parse_duration, parse_sets
+    from imgclf.evaluation import plot_ladder, write_ladder_report
     from imgclf.train.recipes import LADDER
-    from imgclf.train.report import plot_ladder, write_ladder_report
-    from imgclf.train.run import RunOptions, train
+    from imgclf.train.run import RunOptions
+    from imgclf.train.runtime import leave_distributed
+    from imgclf.training_api import parse_duration, parse_sets, run_training
 
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else list(LADDER)
     unknown = [s for s in steps if s not in LADDER]
@@ -78,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
                               precision=args.precision, time_budget=budget, overrides=parse_sets(args.set),
                               threads=args.threads, cache_dir=args.cache_dir,
                               progress=False if args.no_progress else None, resume=True)
-            outcome = train(opts)
+            outcome = run_training(opts)
             main = outcome.is_main
             if outcome.stopped == "interrupted":
                 if main:
                     print(f"interrupted; run the same command again to continue from {step_dir}", file=sys.stderr)
                 return 130
     finally:
-        _leave_process_group()
+        leave_distributed()
     if not main:
         return 0
     rows = [_summary(out / r, r) for r in steps]

@@ -14,13 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.export import export_zoo_model
+    from imgclf.publish import export_zoo_model
     from imgclf.resolve import zoo_entry
 
     zoo_entry(args.model)  # an unknown name is a one-line error before anything is built
-    report = export_zoo_model(args.model, args.out, weights=args.weights, allow_download=not args.offline)
-    pkg = report.package
+
+    published = export_zoo_model(args.model, args.out, weights=args.weights, allow_download=not args.offline)
+    pkg = published.package
     print(f"wrote {pkg.path} ({pkg.onnx_path.stat().st_size / 1e6:.1f} MB ONNX, {len(pkg.labels)} labels)")
-    print(f"ONNX Runtime vs torch on a real photo: max abs logit difference {report.max_abs_diff:.2e}, "
-          f"same top-1 class ({report.top1_onnx})")
+    print(f"ONNX Runtime vs torch on a real photo: max abs logit difference {published.check.max_abs_diff:.2e}, "
+          f"same top-1 class ({published.check.top1_onnx})")
     return 0

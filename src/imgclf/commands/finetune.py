@@ -1,6 +1,13 @@
+"""``imgclf finetune``: flags -> :class:`~imgclf.finetune.options.FinetuneOptions` ->
+:func:`imgclf.training_api.run_finetuning`."""
+
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgclf.finetune.options import FinetuneOptions
 
 NAME = "finetune"
 HELP = "fine-tune a pretrained zoo model on a folder of class subfolders and write a model package"
@@ -13,7 +20,7 @@ stages:
 examples:
   imgclf finetune --data photos/ --out models/pets
   imgclf finetune --data photos/ --base vgg16 --epochs 3 --augment light --out models/pets-vgg
-  imgclf finetune --data photos/ --out models/pets --resume     # continue an interrupted run
+  imgclf finetune --out models/pets --resume     # continue an interrupted run, same options
   imgclf serve --model models/pets
 """
 
@@ -21,35 +28,38 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("--data", required=True, metavar="FOLDER",
-                   help="FOLDER/<class>/*.jpg, or FOLDER/train/<class>/... with optional val/ and test/")
+    # Defaults are applied by FinetuneOptions, so that --resume can tell the options given from the rest.
+    p.add_argument("--data", metavar="FOLDER",
+                   help="FOLDER/<class>/*.jpg, or FOLDER/train/<class>/... with optional val/ and test/ "
+                        "(required unless --resume)")
     p.add_argument("--out", required=True, metavar="DIR", help="package directory to write (servable as is)")
-    p.add_argument("--base", default="efficientnet_lite0", metavar="NAME",
+    p.add_argument("--base", metavar="NAME",
                    help="zoo model to start from (default efficientnet_lite0; see 'imgclf models')")
     p.add_argument("--weights", metavar="FILE", help="local weights for the base model instead of the official ones")
     p.add_argument("--name", help="model name in the package (default: the --out folder's name)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs with all layers unfrozen (default 5)")
-    p.add_argument("--freeze-epochs", type=int, default=10,
+    p.add_argument("--epochs", type=int, help="epochs with all layers unfrozen (default 5)")
+    p.add_argument("--freeze-epochs", type=int,
                    help="epochs for the head alone on cached backbone features (default 10)")
     p.add_argument("--image-size", type=int, metavar="PX", help="input side (default: the base model's)")
-    p.add_argument("--augment", choices=["none", "light", "default", "strong"], default="default",
+    p.add_argument("--augment", choices=["none", "light", "default", "strong"],
                    help="training augmentation: random resized crop, flip, colour jitter (default 'default')")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head stage (AdamW, default 1e-3)")
+    p.add_argument("--lr", type=float, help="learning rate of the head stage (AdamW, default 1e-3)")
     p.add_argument("--finetune-lr", type=float, metavar="LR",
                    help="learning rate of the head and last layer group when all layers train (default lr/4)")
-    p.add_argument("--lr-decay", type=float, default=0.5,
+    p.add_argument("--lr-decay", type=float,
                    help="each layer group nearer the input trains at this times the next group's rate (default 0.5)")
-    p.add_argument("--groups", type=int, default=4, help="layer groups for layer-wise rates (default 4)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--groups", type=int, help="layer groups for layer-wise rates (default 4)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default 32)")
+    p.add_argument("--val-fraction", type=float,
                    help="share of each class held out for validation when the folder has no val/ (default 0.2)")
-    p.add_argument("--patience", type=int, default=3,
+    p.add_argument("--patience", type=int,
                    help="stop a stage after this many epochs without a better validation accuracy (default 3)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--tta", type=int, choices=[0, 1], default=0,
+    p.add_argument("--label-smoothing", type=float, help="(default 0.1)")
+    p.add_argument("--tta", type=int, choices=[0, 1],
                    help="1: the package averages each image's logits with its mirror image's (twice the compute)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batches")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--seed", type=int, help="seed for the split, initialisation and batches")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the options it was started with")
     p.add_argument("--cache-dir", metavar="DIR", help="where decoded images and features are cached "
                    "(default: $IMGCLF_HOME or ~/.cache/imgclf)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the caches")
@@ -59,23 +69,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
+    """The command's flags as the typed options :func:`imgclf.training_api.run_finetuning` takes: the
+    flags given, the defaults, or with ``--resume`` the options the run in ``--out`` was started with."""
+    from imgclf.finetune.state import resolve_options
+
+    return resolve_options({
+        "out": args.out, "resume": args.resume, "data": args.data, "base": args.base, "weights": args.weights,
+        "name": args.name, "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
+        "image_size": args.image_size, "augment": args.augment, "lr": args.lr, "finetune_lr": args.finetune_lr,
+        "lr_decay": args.lr_decay, "groups": args.groups, "batch_size": args.batch_size,
+        "val_fraction": args.val_fraction, "patience": args.patience, "seed": args.seed,
+        "label_smoothing": args.label_smoothing, "tta": args.tta, "cache_dir": args.cache_dir,
+        "threads": args.threads, "workers": args.workers,
+        "use_cache": False if args.no_cache else None, "allow_download": False if args.offline else None,
+        "progress": False if args.no_progress else None,
+    })
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from imgclf.finetune.run import FinetuneOptions, finetune
+    from imgclf.training_api import run_finetuning
 
-    opts = FinetuneOptions(
-        data=args.data, out=args.out, base=args.base, weights=args.weights, name=args.name, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, image_size=args.image_size, augment=args.augment, lr=args.lr,
-        finetune_lr=args.finetune_lr, lr_decay=args.lr_decay, groups=args.groups, batch_size=args.batch_size,
-        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-        label_smoothing=args.label_smoothing, tta=args.tta, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        allow_download=not args.offline, threads=args.threads, workers=args.workers,
-        progress=False if args.no_progress else None, resume=args.resume,
-    )
-    result = finetune(opts)
+    result = run_finetuning(options_from_args(args))
     if result.stopped == "interrupted":
-        print(f"imgclf: interrupted; checkpoints are in {result.out}/training; continue with the same "
-              "command plus --resume", file=sys.stderr)
+        print(f"imgclf: interrupted; checkpoints are in {result.out}/training; continue with: "
+              f"imgclf finetune --out {result.out} --resume", file=sys.stderr)
         return 130
     return 0

@@ -1,10 +1,15 @@
+"""``imgclf train``: flags -> :class:`~imgclf.train.run.RunOptions` -> :func:`imgclf.training_api.run_training`."""
+
 from __future__ import annotations
 
 import argparse
-import re
 import sys
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.train.run import RunOptions, RunOutcome
 
 NAME = "train"
 HELP = "train a classifier from scratch (CIFAR-10, image folders, Fashion-MNIST) into a model package"
@@ -57,40 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-recipes", action="store_true", help="print every recipe's settings and exit")
 
 
-_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from '900', '900s', '20m', '1.5h' or '1h30m'."""
-    m = _DURATION.match(text.strip().lower())
-    if not text.strip() or m is None or not any(m.groupdict().values()):
-        raise UserError(f"cannot read {text!r} as a duration; use e.g. 900, 20m or 1h30m")
-    h, mi, s = (float(m.group(k) or 0) for k in ("h", "m", "s"))
-    seconds = h * 3600 + mi * 60 + s
-    if seconds <= 0:
-        raise UserError("the time budget must be positive")
-    return seconds
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - RunOptions (imported lazily)
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The command's flags as the typed options :func:`imgclf.training_api.run_training` takes."""
     from imgclf.train.run import RunOptions
+    from imgclf.training_api import parse_duration, parse_sets
 
     if not args.out:
         raise UserError("--out is required (the run directory)")
-    for name in ("epochs", "batch_size", "lr"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive")
     channels_last = {None: None, "auto": None, "on": True, "off": False}[args.channels_last]
     return RunOptions(
         out=args.out, data=args.data, format=args.format, recipe=args.recipe, arch=args.arch,
@@ -116,15 +94,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         print_recipes()
         return 0
-    opts = options_from_args(args)
-    if opts.recipe is None and not opts.resume:
-        opts.recipe = "vgg"
-    from imgclf.train.run import train
+    from imgclf.train.runtime import leave_distributed
+    from imgclf.training_api import run_training
 
+    opts = options_from_args(args)
     try:
-        outcome = train(opts)
+        outcome = run_training(opts)
     finally:
-        _leave_process_group()
+        leave_distributed()
     if not outcome.is_main:
         return 0
     if outcome.stopped == "interrupted":
@@ -134,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(outcome) -> None:  # noqa: ANN001 - RunOutcome
+def print_summary(outcome: RunOutcome) -> None:
     last = outcome.history[-1] if outcome.history else {}
     print(f"stopped: {outcome.stopped} after {last.get('epoch_float', 0)} epochs, {outcome.elapsed:.0f} s of training")
     ev = outcome.evaluation
@@ -143,12 +120,3 @@ def print_summary(outcome) -> None:  # noqa: ANN001 - RunOutcome
         print(f"{ev['split']} accuracy of the package: {ev['accuracy']:.2%}{top5} ({ev['n']:,} images)")
     print(f"package: {outcome.package}")
     print(f"report:  {outcome.out / 'report.md'}")
-
-
-def _leave_process_group() -> None:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -1,8 +1,42 @@
 """Fine-tuning a pretrained zoo backbone on a folder of class subfolders (``imgclf finetune``).
 
-:mod:`~imgclf.finetune.dataset` checks and splits the folder, :mod:`~imgclf.finetune.backbone`
-splits any zoo model into feature extractor + new head + layer groups,
-:mod:`~imgclf.finetune.features` caches frozen-backbone features, :mod:`~imgclf.finetune.augment`
-holds the augmentation presets, :mod:`~imgclf.finetune.worst` draws the worst-classified images and
-:mod:`~imgclf.finetune.run` runs both stages through the trainer of ``imgclf train``.
+:mod:`~imgclf.finetune.options` holds the options, :mod:`~imgclf.finetune.dataset` checks and
+splits the folder into the trainer's image sets, :mod:`~imgclf.finetune.backbone` splits any zoo
+model into feature extractor + new head + layer groups, :mod:`~imgclf.finetune.features` caches
+frozen-backbone features, :mod:`~imgclf.finetune.stages` runs the two stages through the trainer of
+``imgclf train`` (augmentation: :mod:`imgclf.train.augment`), :mod:`~imgclf.finetune.state` keeps
+what ``--resume`` needs (the same rules as ``imgclf train --resume``:
+:mod:`imgclf.train.resume_options`), :mod:`~imgclf.finetune.run` runs it all and publishes the
+package (:mod:`imgclf.publish`), and :mod:`~imgclf.finetune.report` writes the run's record beside it.
+
+Calling the package runs :func:`imgclf.training_api.finetune`: ``imgclf.finetune(data, out=...)``.
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgclf.package import ModelPackage
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, called, is :func:`imgclf.training_api.finetune`: ``imgclf.finetune(...)`` works whether or
+    not ``imgclf.finetune`` has been imported as a package already (Python binds the name to it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ModelPackage:
+        from imgclf.training_api import finetune
+
+        return finetune(*args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Callable[..., ModelPackage]:  # inspect.signature() and help() follow this to the function
+        from imgclf.training_api import finetune
+
+        return finetune
+
+
+sys.modules[__name__].__class__ = _CallablePackage

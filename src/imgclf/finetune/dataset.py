@@ -1,6 +1,6 @@
 """The user's folder, checked and summarised before any training starts.
 
-Layouts (read by :mod:`imgclf.train.sources`, the same reader as ``imgclf train``):
+Layouts (read by :mod:`imgclf.data`, the same reader as ``imgclf train``):
 
 * ``FOLDER/<class>/*.jpg``: a seeded, stratified validation split is drawn from it;
 * ``FOLDER/train/<class>/...`` with ``FOLDER/val/<class>/...`` and/or ``FOLDER/test/<class>/...``;
@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from imgclf.data import RawDataset, decode_folder, scan_folder, split_off_val
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train import sources
-from imgclf.train.sources import RawDataset
+from imgclf.train.data import ImageSet
 
 # Below this many images a class's accuracy is mostly noise; above this ratio the big classes
 # dominate the loss. Both are warnings: the user may know better.
@@ -33,27 +32,15 @@ IMBALANCE_RATIO = 3.0
 
 
 @dataclass
-class Images:
-    """One split in memory: uint8 ``(N, C, H, W)`` at the model's geometry, labels, source files."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    files: list[Path]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def counts(self, n_classes: int) -> np.ndarray:
-        return np.bincount(self.labels.numpy(), minlength=n_classes)
-
-
-@dataclass
 class FolderData:
+    """The checked folder: its splits as the trainer's :class:`~imgclf.train.data.ImageSet` (each
+    with the files its images came from), what was skipped and what to warn about."""
+
     root: Path
     classes: list[str]
-    train: Images
-    val: Images
-    test: Images | None
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
     val_from: str
     raw: RawDataset = field(repr=False)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -61,7 +48,7 @@ class FolderData:
 
     @property
     def all_files(self) -> list[Path]:
-        return [f for s in (self.train, self.val, self.test) if s is not None for f in s.files]
+        return [f for s in (self.train, self.val, self.test) if s is not None for f in s.files or []]
 
     def counts(self) -> dict[str, list[int]]:
         k = len(self.classes)
@@ -108,13 +95,9 @@ def _check_classes(raw: RawDataset) -> None:
                         ".bmp, .tif); add images or remove the folder")
 
 
-def _images(raw: RawDataset, name: str) -> Images | None:
+def _images(raw: RawDataset, name: str) -> ImageSet | None:
     split = raw.split(name)
-    if split is None:
-        return None
-    assert split.images is not None and split.files is not None
-    images = torch.from_numpy(np.ascontiguousarray(split.images.transpose(0, 3, 1, 2)))
-    return Images(images, torch.from_numpy(split.labels.astype(np.int64)), list(split.files))
+    return ImageSet.from_raw(split) if split is not None else None
 
 
 def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fraction: float = 0.2, seed: int = 0,
@@ -125,18 +108,18 @@ def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fract
     _check_layout(root)
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    raw = sources.scan_folder(root)
+    raw = scan_folder(root)
     _check_classes(raw)
     # A val/ folder is used as is; otherwise a stratified split of train (even when test/ exists:
     # the test split is only scored at the end, never used to pick an epoch).
-    raw = sources.split_off_val(raw, None if "val" in raw.splits else val_fraction, seed)
+    raw = split_off_val(raw, None if "val" in raw.splits else val_fraction, seed)
     totals = {c: 0 for c in raw.classes}
     for split in raw.splits.values():
         for label in split.labels:
             totals[raw.classes[label]] += 1
     try:
-        sources.decode_folder(raw, spec, cache_dir=cache_dir, workers=workers, progress=progress,
-                              use_cache=use_cache)
+        decode_folder(raw, spec, cache_dir=cache_dir, workers=workers, progress=progress,
+                      use_cache=use_cache)
     except UserError as exc:
         n_files = sum(totals.values())
         if raw.skipped and len(raw.skipped) == n_files:

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from imgclf.cache import cache_home
-from imgclf.finetune.augment import SpecTransform
+from imgclf.data import hash_files
 from imgclf.finetune.backbone import pooled
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train.sources import hash_files
+from imgclf.train.data import ImageTransform
 
 FORMAT = 1
 
@@ -63,7 +63,7 @@ class FeatureSet:
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, images: torch.Tensor, transform: SpecTransform, *, order: torch.Tensor | None = None,
+def extract(backbone: nn.Module, images: torch.Tensor, transform: ImageTransform, *, order: torch.Tensor | None = None,
             batch_size: int = 64, progress: bool | None = None, desc: str = "features") -> torch.Tensor:
     """Backbone outputs for uint8 ``(N, C, H, W)`` images (taken in ``order`` if given),
     normalised by ``transform`` (no augmentation), with the backbone in inference mode (batch norm
@@ -108,7 +108,7 @@ def cached_features(backbone: nn.Module, images: torch.Tensor, files: Sequence[P
                 return FeatureSet(torch.from_numpy(feats.astype(np.float32, copy=False))[inverse], path, hit=True)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache file is recomputed and overwritten
-    feats = extract(backbone, images, SpecTransform(spec), order=torch.tensor(order, dtype=torch.long),
+    feats = extract(backbone, images, ImageTransform(spec), order=torch.tensor(order, dtype=torch.long),
                     batch_size=batch_size, progress=progress)
     if use_cache:
         _save(path, feats.numpy(), sorted_names)

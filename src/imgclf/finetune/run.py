@@ -1,103 +1,44 @@
 """``imgclf finetune``: a pretrained zoo backbone on the user's folder, out comes a model package.
 
-1. The folder is checked, split and decoded (:mod:`imgclf.finetune.dataset`).
+1. The folder is checked, split and decoded (:mod:`imgclf.finetune.dataset`) into the trainer's
+   :class:`~imgclf.train.data.ImageSet` splits; options are :mod:`imgclf.finetune.options`.
 2. Stage 1, the head alone: the backbone is frozen in inference mode, its features are computed
    once and cached (:mod:`imgclf.finetune.features`), and a new linear head trains on them.
 3. Stage 2, the whole network: unfrozen, with layer-wise learning rates (the input-side groups
    slower) and the augmentation preset on top of the base model's preprocessing. Batch-norm
    statistics stay frozen, as in stage 1.
 
-Both stages run through :class:`imgclf.train.loop.Trainer` (the trainer of ``imgclf train``) with
-early stopping on validation accuracy; each keeps its best checkpoint, and the better of the two
-is exported. The package directory ``--out`` then also holds the metrics, learning curves,
-confusion matrices, a grid of the worst-classified validation images and ``report.md``.
-Training state lives in ``OUT/training/`` until the package is written, so ``--resume`` can
-continue an interrupted run.
+Both stages (:mod:`imgclf.finetune.stages`) run through :class:`imgclf.train.loop.Trainer` (the
+trainer of ``imgclf train``) with early stopping on validation accuracy; each keeps its best
+checkpoint, and the better of the two is exported. The package directory ``--out`` then also
+holds the metrics, learning curves, confusion matrices, a grid of the worst-classified validation images and ``report.md``.
+Training state lives in ``OUT/training/`` (:mod:`imgclf.finetune.state`) until the package is
+written, so ``--resume`` can continue an interrupted run (the same rules as ``imgclf train
+--resume``: :mod:`imgclf.train.resume_options`). The package is written by the one publish step
+(:mod:`imgclf.publish`); :mod:`imgclf.finetune.report` writes the run's record beside it.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+from imgclf.finetune.options import FinetuneOptions
+from imgclf.finetune.stages import StageOutcome
+from imgclf.package import DatasetRecord, Provenance, package_name
 
-from imgclf.errors import UserError
+if TYPE_CHECKING:
+    from imgclf.finetune.backbone import Split
+    from imgclf.finetune.dataset import FolderData
+    from imgclf.finetune.state import RunState
+    from imgclf.preprocess import PreprocessSpec
+    from imgclf.zoo.registry import ZooEntry
 
-RUN_DIR = "training"
-STATE_FILE = "state.json"
-# Options that define a run; --resume refuses to continue a run started with different ones.
-DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
-            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing")
-
-
-@dataclass
-class FinetuneOptions:
-    data: str
-    out: str
-    base: str = "efficientnet_lite0"
-    weights: str | None = None
-    name: str | None = None
-    epochs: int = 5  # stage 2: the whole network
-    freeze_epochs: int = 10  # stage 1: the head on cached features (cheap)
-    image_size: int | None = None  # default: the base model's
-    augment: str = "default"
-    lr: float = 1e-3  # stage 1 (AdamW)
-    finetune_lr: float | None = None  # stage 2, head and last group; default lr / 4
-    lr_decay: float = 0.5  # stage 2: each group toward the input trains at this times the next one's rate
-    groups: int = 4
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    patience: int = 3
-    seed: int = 0
-    label_smoothing: float = 0.1
-    tta: int = 0  # 1: the package averages the logits of the image and its mirror image
-    cache_dir: str | None = None
-    use_cache: bool = True
-    allow_download: bool = True
-    threads: int | None = None
-    workers: int | None = None
-    progress: bool | None = None
-    resume: bool = False
-
-    @property
-    def stage2_lr(self) -> float:
-        return self.finetune_lr if self.finetune_lr is not None else self.lr / 4
-
-    def check(self) -> None:
-        from imgclf.finetune.augment import PRESETS
-
-        if self.epochs < 0 or self.freeze_epochs < 0:
-            raise UserError("--epochs and --freeze-epochs must be 0 or more")
-        if self.epochs == 0 and self.freeze_epochs == 0:
-            raise UserError("nothing to train: --epochs and --freeze-epochs are both 0")
-        if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
-        if self.augment not in PRESETS:
-            raise UserError(f"--augment must be one of {', '.join(PRESETS)}, got {self.augment!r}")
-        if self.lr <= 0 or self.stage2_lr <= 0:
-            raise UserError("learning rates must be positive")
-        if not 0 < self.lr_decay <= 1:
-            raise UserError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if self.tta not in (0, 1):
-            raise UserError(f"--tta must be 0 or 1, got {self.tta}")
-        if self.batch_size < 1 or self.groups < 1 or self.patience < 1:
-            raise UserError("--batch-size, --groups and --patience must be at least 1")
-
-
-@dataclass
-class StageOutcome:
-    epochs: float
-    stopped: str
-    best_val_acc: float | None
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["FinetuneOptions", "FinetuneResult", "StageOutcome", "finetune"]
 
 
 @dataclass
@@ -109,151 +50,10 @@ class FinetuneResult:
     feature_cache_hit: bool | None = None
     stages: dict[str, StageOutcome] = field(default_factory=dict)
     kept: str | None = None  # the stage whose weights were exported
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
     elapsed: float = 0.0
 
 
-def package_name(opts: FinetuneOptions) -> str:
-    raw = opts.name or Path(opts.out).resolve().name
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "finetuned"
-    return name[:64]
-
-
-# ---------------------------------------------------------------------------------------------
-# run state (what --resume needs)
-# ---------------------------------------------------------------------------------------------
-
-
-def _defining(opts: FinetuneOptions) -> dict[str, Any]:
-    d = {k: getattr(opts, k) for k in DEFINING}
-    d["data"] = str(Path(opts.data).expanduser().resolve())
-    return d
-
-
-def _open_run(opts: FinetuneOptions) -> tuple[Path, dict[str, Any]]:
-    """Check ``--out`` and read the saved state of the run to resume; creates nothing."""
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory for the model package")
-    run_dir = out / RUN_DIR
-    state_path = run_dir / STATE_FILE
-    if run_dir.exists() and not opts.resume:
-        raise UserError(f"{out} holds an unfinished fine-tuning run ({run_dir}); pass --resume to continue it, "
-                        "or choose another --out")
-    state: dict[str, Any] = {"options": _defining(opts), "stages": {}}
-    if opts.resume and state_path.is_file():
-        saved = json.loads(state_path.read_text(encoding="utf-8"))
-        diff = [k for k in DEFINING if saved["options"].get(k) != state["options"][k]]
-        if diff:
-            changes = ", ".join(f"{k}: {saved['options'].get(k)!r} -> {state['options'][k]!r}" for k in diff)
-            raise UserError(f"--resume with different settings than the run in {run_dir} ({changes}); "
-                            "repeat the original options")
-        state = saved
-    return run_dir, state
-
-
-def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / STATE_FILE)
-
-
-# ---------------------------------------------------------------------------------------------
-# the two stages
-# ---------------------------------------------------------------------------------------------
-
-
-def _stage_outcome(result: Any) -> StageOutcome:
-    best = result.best["value"] if result.best else None
-    return StageOutcome(result.epochs, result.stopped, best, round(result.elapsed, 1), list(result.history))
-
-
-def _load_best(module: Any, result: Any) -> None:
-    from imgclf.train.loop import load_checkpoint
-
-    if result.best_checkpoint is not None:
-        module.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-
-
-def train_head(split: Any, data: Any, features: Any, opts: FinetuneOptions, run_dir: Path) -> Any:
-    """Stage 1: the new head on cached backbone features (the backbone itself is not touched)."""
-    from imgclf.train.callbacks import EarlyStopping
-    from imgclf.train.data import TensorBatches
-    from imgclf.train.loop import TrainConfig, Trainer
-
-    n_train = len(data.train)
-    f_train, f_val = features[:n_train], features[n_train:]
-    batch = min(max(opts.batch_size, 64), n_train)
-    train = TensorBatches(f_train, data.train.labels, batch_size=batch, shuffle=True,
-                          drop_last=n_train >= 2 * batch, seed=opts.seed)
-    val = TensorBatches(f_val, data.val.labels, batch_size=1024)
-    config = TrainConfig(epochs=float(opts.freeze_epochs), lr=opts.lr, optimizer="adamw", weight_decay=1e-4,
-                         schedule="cosine", label_smoothing=opts.label_smoothing, precision="fp32",
-                         seed=opts.seed, monitor="val_acc", progress=opts.progress)
-    trainer = Trainer(split.head, train, val=val, config=config,
-                      callbacks=[EarlyStopping("val_acc", patience=opts.patience)],
-                      out_dir=run_dir / "stage1", meta={"stage": "head", "base": opts.base})
-    result = trainer.fit(resume=opts.resume)
-    if result.stopped != "interrupted":
-        _load_best(split.head, result)
-    return result
-
-
-def layerwise_groups(split: Any, decay: float) -> list[dict[str, Any]]:
-    """Param groups for stage 2: the head and the last backbone group at the full rate, each group
-    nearer the input at ``decay`` times the rate of the one after it."""
-    n = len(split.groups)
-    groups = [{"params": params, "lr_scale": decay ** (n - 1 - i), "name": f"backbone{i}"}
-              for i, params in enumerate(split.groups)]
-    groups.append({"params": list(split.head.parameters()), "lr_scale": 1.0, "name": "head"})
-    return groups
-
-
-def train_all(split: Any, data: Any, spec: Any, opts: FinetuneOptions, run_dir: Path) -> Any:
-    """Stage 2: every layer, layer-wise rates, augmentation on top of the base preprocessing."""
-    from imgclf.finetune.augment import SpecTransform, get_preset
-    from imgclf.train.callbacks import EarlyStopping
-    from imgclf.train.data import TensorBatches
-    from imgclf.train.loop import TrainConfig, Trainer
-
-    net = split.net
-    for p in net.parameters():
-        p.requires_grad_(True)
-    n_train = len(data.train)
-    batch = min(opts.batch_size, n_train)
-    train = TensorBatches(data.train.images, data.train.labels, batch_size=batch, shuffle=True,
-                          drop_last=n_train >= 2 * batch, seed=opts.seed,
-                          transform=SpecTransform(spec, get_preset(opts.augment)))
-    val = TensorBatches(data.val.images, data.val.labels, batch_size=max(64, batch), transform=SpecTransform(spec))
-    config = TrainConfig(epochs=float(opts.epochs), lr=opts.stage2_lr, optimizer="adamw", weight_decay=0.01,
-                         schedule="cosine", warmup=0.1 if opts.epochs > 1 else 0.0, start_factor=0.1,
-                         label_smoothing=opts.label_smoothing, seed=opts.seed, monitor="val_acc",
-                         progress=opts.progress)
-    trainer = Trainer(net, train, val=val, config=config, param_groups=layerwise_groups(split, opts.lr_decay),
-                      callbacks=[EarlyStopping("val_acc", patience=opts.patience)],
-                      out_dir=run_dir / "stage2", meta={"stage": "all", "base": opts.base})
-    result = trainer.fit(resume=opts.resume)
-    if result.stopped != "interrupted":
-        _load_best(net, result)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation through the serving path
-# ---------------------------------------------------------------------------------------------
-
-
-def _evaluate(engine: Any, data: Any, split_name: str) -> tuple[Any, np.ndarray, list[int]]:
-    """Metrics of one split measured on the exported package, its probabilities and their positions."""
-    from imgclf.train.evaluate import compute_metrics, split_probabilities
-
-    split = data.raw.split(split_name)
-    probs, kept, failed = split_probabilities(engine, split)
-    errors = [(str(split.files[i]), err) for i, err in failed]
-    targets = np.asarray(split.labels, dtype=np.int64)[kept]
-    ev = compute_metrics(split_name, data.classes, engine.labels, targets, probs, errors)
-    return ev, probs, kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +69,9 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     from imgclf.finetune.backbone import split_model
     from imgclf.finetune.dataset import load_folder
     from imgclf.finetune.features import cached_features
-    from imgclf.train.loop import configure_cpu
+    from imgclf.finetune.stages import layerwise_groups, load_stage_weights, train_all, train_head
+    from imgclf.finetune.state import open_run, save_state
+    from imgclf.train.runtime import configure_cpu
     from imgclf.zoo.loading import preprocess_for
 
     opts.check()
@@ -279,11 +81,11 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     if opts.image_size:
         spec = spec.with_size(opts.image_size)
     out = Path(opts.out)
-    name = package_name(opts)
+    name = package_name(opts.name or Path(opts.out).resolve().name, default="finetuned")
     configure_cpu(opts.threads)
     torch.manual_seed(opts.seed)
     cache_root = Path(opts.cache_dir) if opts.cache_dir else None
-    run_dir, state = _open_run(opts)
+    run_dir, state = open_run(opts)
 
     data = load_folder(opts.data, spec, val_fraction=opts.val_fraction, seed=opts.seed,
                        cache_dir=cache_root / "datasets" if cache_root else None, workers=opts.workers,
@@ -294,7 +96,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     model = zoo.build(opts.base, weights=opts.weights, allow_download=opts.allow_download)
     split = split_model(model, entry, len(data.classes), input_size=spec.input_size, channels=spec.channels,
                         n_groups=opts.groups, seed=opts.seed)
-    _save_state(run_dir, state)  # from here on an interrupted run can be resumed
+    save_state(run_dir, state)  # from here on an interrupted run can be resumed
     log(f"base {entry.name}: {split.feature_dim}-d features from '{split.classifier}' inputs, "
         f"{len(split.groups)} layer groups; input {spec.channels}x{spec.input_size}x{spec.input_size}, "
         f"augmentation '{opts.augment}'")
@@ -304,17 +106,17 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     # -- stage 1: the head on cached features ---------------------------------------------
     if opts.freeze_epochs > 0:
         if stages.get("head", {}).get("done"):
-            _load_stage_weights(split.head, run_dir / "stage1")
+            load_stage_weights(split.head, run_dir / "stage1")
             log("stage 1 (head) already done; continuing with stage 2")
         else:
-            files = data.train.files + data.val.files
+            files = (data.train.files or []) + (data.val.files or [])  # a folder's sets always carry them
             t0 = time.perf_counter()
-            backbone = split.backbone.to(memory_format=torch.channels_last)
+            backbone = split.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch stubs lack it)
             fs = cached_features(backbone, torch.cat([data.train.images, data.val.images]), files, spec,
                                  architecture=entry.name,
                                  cache_dir=cache_root / "features" if cache_root else None,
                                  progress=opts.progress, use_cache=opts.use_cache)
-            backbone.to(memory_format=torch.contiguous_format)
+            backbone.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
             feature_seconds = round(time.perf_counter() - t0, 1)
             result.feature_cache, result.feature_cache_hit = fs.path, fs.hit
             how = "loaded from the cache" if fs.hit else f"computed in {feature_seconds:.1f}s"
@@ -322,30 +124,30 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
                 f"features {how} ({fs.path})")
             log(f"stage 1: training the head on frozen features for up to {opts.freeze_epochs} epochs")
             r1 = train_head(split, data, fs.features, opts, run_dir)
-            result.stages["head"] = _stage_outcome(r1)
+            result.stages["head"] = StageOutcome.of(r1)
             if r1.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["head"] = {"done": True, **_brief(result.stages["head"]),
+            stages["head"] = {**result.stages["head"].brief(),
                               "feature_cache": "hit" if fs.hit else "miss",
                               "feature_seconds": feature_seconds}
-            _save_state(run_dir, state)
+            save_state(run_dir, state)
 
     # -- stage 2: everything, layer-wise rates --------------------------------------------
     head_best = stages.get("head", {}).get("best_val_acc")
     if opts.epochs > 0:
         if stages.get("all", {}).get("done"):
-            _load_stage_weights(split.net, run_dir / "stage2")
+            load_stage_weights(split.net, run_dir / "stage2")
         else:
             rates = ", ".join(f"{g['lr_scale'] * opts.stage2_lr:.2g}" for g in layerwise_groups(split, opts.lr_decay))
             log(f"stage 2: fine-tuning all layers for up to {opts.epochs} epochs (learning rates input -> head: {rates})")
             r2 = train_all(split, data, spec, opts, run_dir)
-            result.stages["all"] = _stage_outcome(r2)
+            result.stages["all"] = StageOutcome.of(r2)
             if r2.stopped == "interrupted":
                 result.stopped = "interrupted"
                 return result
-            stages["all"] = {"done": True, **_brief(result.stages["all"])}
-            _save_state(run_dir, state)
+            stages["all"] = result.stages["all"].brief()
+            save_state(run_dir, state)
     all_best = stages.get("all", {}).get("best_val_acc")
     kept = "all" if all_best is not None and (head_best is None or all_best >= head_best) else "head"
     if kept == "head" and opts.epochs > 0:
@@ -355,159 +157,73 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
         model = zoo.build(opts.base, weights=opts.weights, allow_download=opts.allow_download)
         split = split_model(model, entry, len(data.classes), input_size=spec.input_size, channels=spec.channels,
                             n_groups=opts.groups, seed=opts.seed)
-        _load_stage_weights(split.head, run_dir / "stage1")
+        load_stage_weights(split.head, run_dir / "stage1")
     result.kept = kept
     state["kept"] = kept
     _export(result, split, data, spec, opts, state, name, entry, t_start, log)
     return result
 
 
-def _brief(s: StageOutcome) -> dict[str, Any]:
-    return {"epochs": s.epochs, "stopped": s.stopped, "best_val_acc": s.best_val_acc, "seconds": s.seconds,
-            "history": s.history}
+
+def _provenance(split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions, state: RunState,
+                kept: str, entry: ZooEntry) -> Provenance:
+    """The package's record of this run (the metrics measured on the package are added by publish)."""
+    from imgclf.finetune.report import stage_summaries
+
+    stages = stage_summaries(state)
+    training = {
+        "freeze_epochs": opts.freeze_epochs, "epochs": opts.epochs, "augment": opts.augment,
+        "image_size": spec.input_size, "lr": opts.lr, "finetune_lr": opts.stage2_lr, "lr_decay": opts.lr_decay,
+        "layer_groups": len(split.groups), "batch_size": opts.batch_size, "seed": opts.seed,
+        "label_smoothing": opts.label_smoothing, "kept_stage": kept, "test_time_augmentation": opts.tta,
+        "stages": stages,
+    }
+    counts = data.counts()
+    root = data.root.resolve()
+    return Provenance(
+        architecture=f"{entry.name} (fine-tuned)", task="finetune", family=entry.family, parent=entry.name,
+        num_params=sum(p.numel() for p in split.net.parameters()),
+        weights=opts.weights or (entry.weights.filename if entry.weights else None),
+        dataset=DatasetRecord(name=root.name, path=str(root), format="folder", classes=tuple(data.classes),
+                              splits={k: int(sum(v)) for k, v in counts.items()}, val_from=data.val_from,
+                              skipped_files=len(data.skipped)),
+        metrics={"training_seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)},
+        training=training,
+    )
 
 
-def _load_stage_weights(module: Any, stage_dir: Path) -> None:
-    from imgclf.train.loop import load_checkpoint
-
-    ckpts = stage_dir / "checkpoints"
-    for name in ("best.pt", "last.pt"):
-        if (ckpts / name).is_file():
-            module.load_state_dict(load_checkpoint(ckpts / name)["model"])
-            return
-    raise UserError(f"{stage_dir} has no checkpoint to resume from; start again without --resume")
-
-
-def _combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Both stages' epochs on one axis, stage 2 continuing where stage 1 ended."""
-    rows: list[dict[str, Any]] = []
-    offset = 0.0
-    for stage in ("head", "all"):
-        info = state["stages"].get(stage)
-        if not info:
-            continue
-        for row in info.get("history", []):
-            r = dict(row)
-            r["stage"] = stage
-            r["epoch"] = int(offset) + int(row["epoch"])
-            r["epoch_float"] = round(offset + float(row.get("epoch_float", row["epoch"])), 4)
-            rows.append(r)
-        if rows:
-            offset = rows[-1]["epoch_float"]
-    return rows
-
-
-def _export(result: FinetuneResult, split: Any, data: Any, spec: Any, opts: FinetuneOptions,
-            state: dict[str, Any], name: str, entry: Any, t_start: float, log: Callable[[str], None]) -> None:
+def _export(result: FinetuneResult, split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions,
+            state: RunState, name: str, entry: ZooEntry, t_start: float, log: Callable[[str], None]) -> None:
+    """Publish the kept model at ``--out`` (evaluated on val and test through the serving path),
+    with the run's record beside it."""
     import torch
 
-    from imgclf.engine import OnnxEngine
-    from imgclf.export import export_package
-    from imgclf.finetune.worst import save_worst_grid
-    from imgclf.package import update_provenance
-    from imgclf.train.report import plot_confusion_matrix, plot_learning_curves, write_history
+    from imgclf.finetune.report import RunRecord, write_run_files
+    from imgclf.publish import Published, publish
 
     out = result.out
-    net = split.net.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    stages = state["stages"]
-    provenance: dict[str, Any] = {
-        "architecture": f"{entry.name} (fine-tuned)",
-        "base_model": entry.name,
-        "family": entry.family,
-        "weights": opts.weights or (entry.weights.filename if entry.weights else None),
-        "num_params": sum(p.numel() for p in net.parameters()),
-        "dataset": {"path": str(data.root.resolve()), "classes": list(data.classes), "counts": data.counts(),
-                    "val_from": data.val_from, "skipped_files": len(data.skipped)},
-        "finetune": {
-            "freeze_epochs": opts.freeze_epochs, "epochs": opts.epochs, "augment": opts.augment,
-            "image_size": spec.input_size, "lr": opts.lr, "finetune_lr": opts.stage2_lr, "lr_decay": opts.lr_decay,
-            "layer_groups": len(split.groups), "batch_size": opts.batch_size, "seed": opts.seed,
-            "label_smoothing": opts.label_smoothing, "kept_stage": result.kept, "test_time_augmentation": opts.tta,
-            "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in stages.items()},
-        },
-    }
+    kept = result.kept or "all"
+    net: torch.nn.Module = split.net.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    net = net.float().eval()
+    provenance = _provenance(split, data, spec, opts, state, kept, entry)
     if opts.tta:
         from imgclf.train.models import TTA
 
         net = TTA(net, 1).eval()  # mirror averaging, inside the exported graph
-    check = data.val.images[0].permute(1, 2, 0).numpy()
-    report = export_package(net, out, name=name, labels=list(data.classes), spec=spec, provenance=provenance,
-                            check_image=check)
-    package = report.package
-    result.package = package.path
-    engine = OnnxEngine(package)
-    ev_val, probs_val, kept_val = _evaluate(engine, data, "val")
-    ev_test = _evaluate(engine, data, "test")[0] if data.test is not None else None
-    metrics: dict[str, Any] = {"val_accuracy": ev_val.accuracy, "val_images": ev_val.n}
-    if ev_test is not None:
-        metrics.update(test_accuracy=ev_test.accuracy, test_images=ev_test.n)
-    metrics["training_seconds"] = round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)
-    update_provenance(package.path, {"metrics": metrics})
-    result.metrics = metrics
+    record = RunRecord(name=name, base=entry.name, dataset=data.raw, spec=spec, options=opts, state=state, kept=kept)
 
-    # Extra files beside model.onnx + model.json: the run's record.
-    history = _combined_history(state)
-    write_history(history, out, eval_split="val", meta={"kept_stage": result.kept})
-    if history:
-        plot_learning_curves(history, out / "learning_curves.png",
-                             title=f"{name}: head only, then all layers ({entry.name})")
-    plot_confusion_matrix(ev_val.confusion, ev_val.labels, out / "confusion_matrix.png",
-                          title=f"{name}: validation split (row-normalised)")
-    if ev_test is not None:
-        plot_confusion_matrix(ev_test.confusion, ev_test.labels, out / "confusion_matrix_test.png",
-                              title=f"{name}: test split (row-normalised)")
-    val_files = [data.val.files[i] for i in kept_val]
-    drawn = save_worst_grid(out / "worst_val.png", val_files, probs_val, data.val.labels.numpy()[kept_val],
-                            data.classes, spec)
-    full = {"val": ev_val.to_dict(), "test": ev_test.to_dict() if ev_test else None, "summary": metrics,
-            "stages": provenance["finetune"]["stages"], "kept_stage": result.kept}
-    (out / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    (out / "finetune.json").write_text(json.dumps({"options": asdict(opts), "state": state}, indent=2, default=str)
-                                       + "\n", encoding="utf-8")
-    _write_report(out, name, entry.name, data, spec, opts, provenance, ev_val, ev_test, drawn, history)
+    def report(published: Published) -> None:
+        write_run_files(out, published, record)
+
+    splits = ["val"] + (["test"] if data.test is not None else [])
+    published = publish(net, out, name=name, labels=list(data.classes), spec=spec, provenance=provenance,
+                        check_image=data.val.images[0].permute(1, 2, 0).numpy(), dataset=data.raw,
+                        eval_splits=splits, report=report)
+    result.package = published.package.path
+    result.metrics = dict(published.package.meta.provenance.metrics)
     result.elapsed = time.perf_counter() - t_start
+    ev_val, ev_test = published.evaluations["val"], published.evaluations.get("test")
     log(f"validation accuracy {ev_val.accuracy:.2%} ({ev_val.n} images)"
         + (f", test accuracy {ev_test.accuracy:.2%} ({ev_test.n} images)" if ev_test else "")
-        + f", measured on the exported package; kept the {'all-layers' if result.kept == 'all' else 'head-only'} model")
+        + f", measured on the exported package; kept the {'all-layers' if kept == 'all' else 'head-only'} model")
     log(f"wrote {out} ({name}: {len(data.classes)} classes); serve it with: imgclf serve --model {out}")
-
-
-def _write_report(out: Path, name: str, base: str, data: Any, spec: Any, opts: FinetuneOptions,
-                  provenance: dict[str, Any], ev_val: Any, ev_test: Any, drawn: int,
-                  history: list[dict[str, Any]]) -> None:
-    from imgclf.train.report import evaluation_markdown
-
-    stages = provenance["finetune"]["stages"]
-    lines = [f"# Fine-tuning: {name}", "",
-             f"- base model: `{base}`, input {spec.channels}x{spec.input_size}x{spec.input_size}, "
-             f"augmentation `{opts.augment}`",
-             f"- test-time augmentation: {'mirror (the package averages each image and its mirror image)' if opts.tta else 'none'}",
-             f"- dataset: {data.root} ({len(data.classes)} classes: {', '.join(data.classes)}); "
-             f"{len(data.train)} train, {len(data.val)} val"
-             + (f", {len(data.test)} test" if data.test is not None else "") + f" images; validation = {data.val_from}"]
-    if data.skipped:
-        lines.append(f"- unreadable files skipped: {len(data.skipped)}")
-    for key, label in (("head", "stage 1, head on frozen features"), ("all", "stage 2, all layers")):
-        s = stages.get(key)
-        if s:
-            best = "n/a" if s["best_val_acc"] is None else f"{s['best_val_acc']:.2%}"
-            features = ""
-            if "feature_cache" in s:
-                how = "loaded from the cache" if s["feature_cache"] == "hit" else "computed"
-                features = f" (backbone features {how} in {s['feature_seconds']:.0f} s)"
-            lines.append(f"- {label}: {s['epochs']} epochs ({s['stopped']}), best val accuracy {best}, "
-                         f"{s['seconds']:.0f} s{features}")
-    kept = provenance["finetune"]["kept_stage"]
-    lines += [f"- exported: the best checkpoint of {'stage 2' if kept == 'all' else 'stage 1'}", "",
-              "Figures below are measured on the exported package (`model.onnx`) through the same decode and "
-              "preprocessing as `imgclf serve`.", "", "## Validation", "", evaluation_markdown(ev_val.to_dict())]
-    if ev_test is not None:
-        lines += ["", "## Test", "", evaluation_markdown(ev_test.to_dict()), "",
-                  "![test confusion matrix](confusion_matrix_test.png)"]
-    if history:
-        lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
-    lines += ["", "## Confusion matrix (validation)", "", "![confusion matrix](confusion_matrix.png)", "",
-              "## Worst-classified validation images", "",
-              f"{drawn} misclassified image(s), lowest probability on the true class first." if drawn else
-              "No validation image was misclassified.", "", "![worst-classified](worst_val.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,12 +1,45 @@
 """Training from scratch (``imgclf train``, ``imgclf evaluate``, ``imgclf experiment``).
 
-:mod:`~imgclf.train.sources` reads datasets (CIFAR-10 python format, IDX, image folders through the
-one decode path, with a decode cache), :mod:`~imgclf.train.data` holds them as uint8 tensors with
-batched augmentation, :mod:`~imgclf.train.loop` is the one trainer (also used by fine-tuning),
-:mod:`~imgclf.train.callbacks` its hooks, :mod:`~imgclf.train.models` the networks,
+:mod:`~imgclf.train.data` holds the datasets that :mod:`imgclf.data` reads as uint8 tensors with
+batched augmentation (:mod:`~imgclf.train.augment`), :mod:`~imgclf.train.loop` is the one trainer
+(also used by fine-tuning) and its parts are :mod:`~imgclf.train.config`,
+:mod:`~imgclf.train.runtime`, :mod:`~imgclf.train.params`, :mod:`~imgclf.train.schedule`,
+:mod:`~imgclf.train.precision`, :mod:`~imgclf.train.speed_probe`, :mod:`~imgclf.train.checkpoint`,
+:mod:`~imgclf.train.signals`, :mod:`~imgclf.train.progress`, :mod:`~imgclf.train.hooks` (the
+callback interface) and :mod:`~imgclf.train.callbacks`; :mod:`~imgclf.train.models` the networks,
 :mod:`~imgclf.train.recipes` the named recipes, :mod:`~imgclf.train.run` one run from data to
-package, :mod:`~imgclf.train.evaluate` evaluation through the serving path and
-:mod:`~imgclf.train.report` the history files, plots and ``report.md``.
+package (published by :mod:`imgclf.publish`; evaluation and reports are :mod:`imgclf.evaluation`).
 
 Importing this package loads neither torch nor numpy-heavy code.
+
+Calling the package runs :func:`imgclf.training_api.train`: ``imgclf.train(data, out=...)``.
 """
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgclf.package import ModelPackage
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, called, is :func:`imgclf.training_api.train`: ``imgclf.train(...)`` works whether or
+    not ``imgclf.train`` has been imported as a package already (Python binds the name to it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ModelPackage:
+        from imgclf.training_api import train
+
+        return train(*args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Callable[..., ModelPackage]:  # inspect.signature() and help() follow this to the function
+        from imgclf.training_api import train
+
+        return train
+
+
+sys.modules[__name__].__class__ = _CallablePackage

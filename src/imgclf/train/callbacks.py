@@ -1,51 +1,18 @@
-"""Trainer callbacks: the hook interface and the built-in ones.
+"""The built-in callbacks: early stopping, airbench's lookahead-EMA, freezing a param group.
 
-A callback sees the :class:`~imgclf.train.loop.Trainer` at fixed points and may change it (set a
-param group's learning rate, stop training, swap weights). Anything it must remember across a
-resume goes in :meth:`Callback.state_dict`, which the trainer stores in every checkpoint.
-Callbacks run on every DDP rank with identical inputs, so they make identical decisions.
+Each is a small :class:`~imgclf.train.hooks.Callback` (the interface lives in
+:mod:`imgclf.train.hooks`; ``Callback`` and ``LambdaCallback`` are importable from here too).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from imgclf.train.loop import Trainer
-
-
-class Callback:
-    """Override any hook. ``logs`` is the epoch's history row (add keys to record more metrics)."""
-
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def on_step_end(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
-
-    def on_fit_end(self, trainer: Trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class LambdaCallback(Callback):
-    """Callback from plain functions, e.g. ``LambdaCallback(on_epoch_end=lambda t, logs: ...)``."""
-
-    def __init__(self, **hooks: Callable[..., None]) -> None:
-        for name, fn in hooks.items():
-            if not name.startswith("on_") or not hasattr(Callback, name):
-                raise ValueError(f"unknown hook {name!r}")
-            setattr(self, name, fn)
+from imgclf.train.hooks import Callback, LambdaCallback, TrainerView
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -74,7 +41,7 @@ class EarlyStopping(Callback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self._warned = False
 
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, logs: dict[str, Any]) -> None:
         value = logs.get(self.monitor)
         if value is None:
             if not self._warned and trainer.is_main:
@@ -91,7 +58,7 @@ class EarlyStopping(Callback):
             if self.wait >= self.patience:
                 trainer.stop("early_stopping")
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         if self.restore_best and self.best_state is not None and trainer.stopped == "early_stopping":
             trainer.module.load_state_dict(self.best_state)
             if trainer.is_main:
@@ -115,7 +82,7 @@ class Lookahead(Callback):
         self.every, self.base, self.power = every, base, power
         self.ema: dict[str, torch.Tensor] | None = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         if self.ema is None:
             self.ema = {k: v.detach().clone() for k, v in trainer.module.state_dict().items()}
         else:
@@ -123,7 +90,7 @@ class Lookahead(Callback):
             self.ema = {k: v.to(device) for k, v in self.ema.items()}
 
     @torch.no_grad()
-    def _update(self, trainer: Trainer, decay: float) -> None:
+    def _update(self, trainer: TrainerView, decay: float) -> None:
         assert self.ema is not None
         for key, param in trainer.module.state_dict().items():
             if param.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -131,11 +98,11 @@ class Lookahead(Callback):
                 ema.lerp_(param, 1 - decay)
                 param.copy_(ema)
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         if trainer.step % self.every == 0:
             self._update(trainer, self.base * (trainer.step / trainer.total_steps) ** self.power)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         self._update(trainer, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,8 +121,11 @@ class FreezeGroupAfter(Callback):
     def __init__(self, group: str, epochs: int) -> None:
         self.group, self.epochs = group, epochs
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         if epoch >= self.epochs:
             for g in trainer.optimizer.param_groups:
                 if g.get("name") == self.group:
                     g["base_lr"] = 0.0
+
+
+__all__ = ["Callback", "EarlyStopping", "FreezeGroupAfter", "LambdaCallback", "Lookahead"]

@@ -1,10 +1,11 @@
-"""Training data as tensors: splits, normalisation, batched augmentation, batch iterators.
+"""Training data as tensors, for training from scratch and fine-tuning alike: splits,
+normalisation, the training transform, batch iterators.
 
 Datasets are held in memory as uint8 NCHW tensors (:class:`ImageSet`). A :class:`TensorBatches`
 iterator cuts an epoch into batches (seeded shuffle, sharded across DDP ranks) and applies an
-:class:`ImageTransform`: augmentation on the uint8 batch (flip, reflect-pad-and-crop translate,
-cutout, all in one gather), then the *same* normalisation as :func:`imgclf.preprocess.normalize`
-with the mean/std that go into the model package, so training and serving see identical inputs.
+:class:`ImageTransform`: augmentation on the uint8 batch (:mod:`imgclf.train.augment`), then the
+*same* normalisation as :func:`imgclf.preprocess.normalize` with the spec that goes into the model
+package, so training and serving see identical inputs.
 
 Every batch draws its randomness from a generator seeded by (seed, epoch, batch index), so any
 batch of any epoch can be rebuilt exactly: a run resumed mid-epoch continues with the very batches
@@ -25,10 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from imgclf.data import RawDataset, RawSplit, decode_folder, open_dataset, to_geometry
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
-from imgclf.train import sources
-from imgclf.train.sources import RawDataset, RawSplit
+from imgclf.train.augment import Augment, augment_batch
 
 
 class Batches(Protocol):
@@ -43,18 +44,27 @@ class Batches(Protocol):
 
 @dataclass
 class ImageSet:
+    """One split in memory: uint8 ``(N, C, H, W)`` images, int64 labels and, for image folders,
+    the file each image came from."""
+
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    files: list[Path] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def counts(self, n_classes: int) -> np.ndarray:
+        """Images per class."""
+        return np.bincount(self.labels.numpy(), minlength=n_classes)
 
     @classmethod
     def from_raw(cls, split: RawSplit) -> ImageSet:
         if split.images is None:
             raise ValueError("split is not decoded")
         images = torch.from_numpy(np.ascontiguousarray(split.images.transpose(0, 3, 1, 2)))
-        return cls(images, torch.from_numpy(split.labels.astype(np.int64)))
+        files = list(split.files) if split.files is not None else None
+        return cls(images, torch.from_numpy(split.labels.astype(np.int64)), files)
 
 
 @dataclass
@@ -109,7 +119,7 @@ def load_training_data(path: str | os.PathLike[str] | None, fmt: str = "auto", *
     Pixels are brought to ``image_size`` (default: the dataset's own size, 32 for image folders)
     by squashing, with the same function the server uses; mean/std are the train split's.
     """
-    raw = sources.open_dataset(path, fmt, val_fraction=val_fraction, seed=seed)
+    raw = open_dataset(path, fmt, val_fraction=val_fraction, seed=seed)
     if raw.format == "folder":
         size = image_size or 32
     else:
@@ -121,12 +131,12 @@ def load_training_data(path: str | os.PathLike[str] | None, fmt: str = "auto", *
                               interpolation=interpolation, grayscale=gray,  # type: ignore[arg-type]
                               mean=(0.0,), std=(1.0,))
     if raw.format == "folder":
-        sources.decode_folder(raw, geometry, cache_dir=Path(cache_dir) if cache_dir else None,
-                              workers=workers, progress=progress, use_cache=use_cache)
+        decode_folder(raw, geometry, cache_dir=Path(cache_dir) if cache_dir else None,
+                      workers=workers, progress=progress, use_cache=use_cache)
     else:
         for split in raw.splits.values():
             assert split.images is not None
-            split.images = sources.to_geometry(split.images, geometry)
+            split.images = to_geometry(split.images, geometry)
     sets = {name: ImageSet.from_raw(split) for name, split in raw.splits.items()}
     mean, std = channel_stats(sets["train"].images)
     spec = PreprocessSpec(input_size=size, crop_pct=1.0, resize_mode="squash", interpolation=interpolation,  # type: ignore[arg-type]
@@ -135,79 +145,8 @@ def load_training_data(path: str | os.PathLike[str] | None, fmt: str = "auto", *
 
 
 # ---------------------------------------------------------------------------------------------
-# augmentation and normalisation
+# normalisation and the training transform
 # ---------------------------------------------------------------------------------------------
-
-FLIP_MODES = ("none", "random", "alternating")
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Batched augmentation on uint8 tensors.
-
-    ``flip``: ``random`` mirrors each image with p=0.5; ``alternating`` (airbench) mirrors a fixed
-    random half of the images on even epochs and the other half on odd epochs, so every image is
-    seen both ways in any two consecutive epochs. ``translate``: random shift of up to that many
-    pixels with reflect padding. ``cutout``: one random square of that side set to the mean pixel.
-    """
-
-    flip: str = "none"
-    translate: int = 0
-    cutout: int = 0
-
-    def __post_init__(self) -> None:
-        if self.flip not in FLIP_MODES:
-            raise ValueError(f"flip must be one of {FLIP_MODES}, got {self.flip!r}")
-        if self.translate < 0 or self.cutout < 0:
-            raise ValueError("translate and cutout must be >= 0")
-
-    @property
-    def active(self) -> bool:
-        return self.flip != "none" or self.translate > 0 or self.cutout > 0
-
-
-def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Reflect out-of-range indices like ``F.pad(mode='reflect')`` (the edge is not repeated)."""
-    idx = torch.where(idx < 0, -idx, idx)
-    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
-
-
-def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator, *,
-                  flip_mask: torch.Tensor | None = None, fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Augment a uint8 ``(B, C, H, W)`` batch. The result is channels-last in memory.
-
-    Random numbers come from ``generator`` (on the CPU, so a batch is reproducible on any device);
-    ``flip_mask`` overrides the random flip decision (used by the alternating scheme).
-    """
-    b, c, h, w = x.shape
-    dev = x.device
-    if flip_mask is None and aug.flip == "random":
-        flip_mask = torch.rand(b, generator=generator) < 0.5
-    if aug.translate > 0:
-        if aug.translate >= min(h, w):
-            raise ValueError(f"translate {aug.translate} must be smaller than the image ({h}x{w})")
-        p = aug.translate
-        shifts = torch.randint(-p, p + 1, (b, 2), generator=generator)
-        rows = _reflect(torch.arange(h)[None, :] + shifts[:, :1], h)
-        cols = _reflect(torch.arange(w)[None, :] + shifts[:, 1:], w)
-        if flip_mask is not None:
-            cols = torch.where(flip_mask[:, None], cols.flip(-1), cols)
-        rows, cols = rows.to(dev), cols.to(dev)
-        # One gather does shift, reflect padding and flip: (B, H, W, C), i.e. NCHW channels-last.
-        x = x[torch.arange(b, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    elif flip_mask is not None:
-        x = torch.where(flip_mask.to(dev)[:, None, None, None], x.flip(-1), x)
-    if aug.cutout > 0:
-        s = min(aug.cutout, h, w)
-        top = torch.randint(0, h - s + 1, (b,), generator=generator).to(dev)
-        left = torch.randint(0, w - s + 1, (b,), generator=generator).to(dev)
-        ys = torch.arange(h, device=dev)[None, :]
-        xs = torch.arange(w, device=dev)[None, :]
-        inside = (((ys >= top[:, None]) & (ys < top[:, None] + s))[:, :, None]
-                  & ((xs >= left[:, None]) & (xs < left[:, None] + s))[:, None, :])
-        value = fill.to(dev).view(1, c, 1, 1) if fill is not None else torch.zeros(1, c, 1, 1, dtype=x.dtype, device=dev)
-        x = torch.where(inside[:, None], value, x)
-    return x
 
 
 class SpecNormalize:
@@ -231,15 +170,17 @@ class SpecNormalize:
 
 
 class ImageTransform:
-    """uint8 batch -> (augment) -> float32 ``(x * scale - mean) / std``, as in :func:`imgclf.preprocess.normalize`.
+    """uint8 RGB batch -> (augment) -> float32 ``(x * scale - mean) / std`` in the spec's channel
+    order, as in :func:`imgclf.preprocess.normalize`; without augmentation exactly what the server
+    computes for the same pixels.
 
-    ``flip_bits``: for ``alternating`` flips, a fixed random bit per dataset image (seeded).
+    Called as the batches' transform ``(x, index, epoch, generator)``: the generator is seeded per
+    batch, so any batch can be rebuilt on resume. ``flip_bits``: for ``alternating`` flips, a fixed
+    random bit per dataset image (seeded).
     """
 
     def __init__(self, spec: PreprocessSpec, augment: Augment | None = None, *, num_images: int = 0,
                  seed: int = 0) -> None:
-        if spec.channel_order != "RGB" and not spec.grayscale:
-            raise ValueError("training transforms produce RGB input; use an RGB spec")
         self.spec = spec
         self.augment = augment if augment is not None and augment.active else None
         self.normalize = SpecNormalize(spec)
@@ -252,10 +193,15 @@ class ImageTransform:
         self.normalize.to(device)
         return self
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None, epoch: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if self.augment is not None:
+            if generator is None:
+                generator = torch.Generator().manual_seed(epoch)
             flip_mask = None
             if self.flip_bits is not None:
+                if index is None:
+                    raise ValueError("alternating flips need the images' dataset indices")
                 flip_mask = self.flip_bits[index.cpu()] ^ bool(epoch % 2)
             x = augment_batch(x, self.augment, generator, flip_mask=flip_mask, fill=self.fill)
         # Memory layout is left as it comes (the trainer picks channels-last or not).

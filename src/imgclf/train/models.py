@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from imgclf.errors import UserError
+
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -39,11 +41,18 @@ def arch_names() -> list[str]:
     return sorted(_ARCHS)
 
 
+class UnknownArchitectureError(UserError, KeyError):
+    """An architecture name no builder is registered for. (Also a ``KeyError``, as it used to be.)"""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown architecture"
+
+
 def build_model(arch: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
                 **options: Any) -> nn.Module:
-    """Build a registered architecture. Unknown names raise ``KeyError`` with the known ones."""
+    """Build a registered architecture. Unknown names raise :class:`UnknownArchitectureError`."""
     if arch not in _ARCHS:
-        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(arch_names())}")
+        raise UnknownArchitectureError(f"unknown architecture {arch!r}; known: {', '.join(arch_names())}")
     return _ARCHS[arch](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
 
 

@@ -26,9 +26,17 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:  # importing recipes (``--list-recipes``) must not load torch
+    from torch import nn
+
+    from imgclf.train.augment import Augment
+    from imgclf.train.config import TrainConfig
+    from imgclf.train.data import TrainingData
+    from imgclf.train.hooks import Callback
 
 # ---------------------------------------------------------------------------------------------
 # the recipes
@@ -213,11 +221,13 @@ def list_paths(hyp: dict[str, Any], prefix: str = "") -> list[str]:
 
 @dataclass
 class Setup:
-    model: Any  # torch.nn.Module
-    config: Any  # imgclf.train.loop.TrainConfig
+    """What a recipe builds for a dataset: everything the trainer needs."""
+
+    model: nn.Module
+    config: TrainConfig
     param_groups: list[dict[str, Any]]
-    callbacks: list[Any]
-    augment: Any  # imgclf.train.data.Augment
+    callbacks: list[Callback]
+    augment: Augment
     batch_size: int
     tta: int
     arch: str
@@ -232,7 +242,7 @@ def arch_options(hyp: dict[str, Any]) -> dict[str, Any]:
     return net
 
 
-def build(hyp: dict[str, Any], data: Any, *, time_budget: float | None = None, progress: bool | None = None,
+def build(hyp: dict[str, Any], data: TrainingData, *, time_budget: float | None = None, progress: bool | None = None,
           init_model: bool = True) -> Setup:
     """Model + :class:`~imgclf.train.loop.TrainConfig` + groups + callbacks for recipe ``hyp`` on ``data``
     (a :class:`~imgclf.train.data.TrainingData`). ``init_model=False`` skips data-dependent
@@ -253,14 +263,14 @@ def build(hyp: dict[str, Any], data: Any, *, time_budget: float | None = None, p
         augment = Augment(**hyp["aug"])
     except (TypeError, ValueError) as exc:
         raise UserError(f"recipe {hyp.get('name')}: {exc}") from None
-    callbacks: list[Any] = []
+    callbacks: list[Callback] = []
     if int(run["early_stopping"]) > 0:
         callbacks.append(EarlyStopping("val_loss", patience=int(run["early_stopping"])))
     if hyp["family"] == "fast":
-        config, groups, extra = _fast_training(hyp, model, data, init_model)
+        config, groups, extra = fast_training(hyp, model, data, init_model)
         callbacks += extra
     else:
-        config, groups = _vgg_training(hyp, model)
+        config, groups = vgg_training(hyp, model)
     config.precision = run["precision"]
     config.channels_last = run["channels_last"]
     config.seed = int(run["seed"])
@@ -271,13 +281,14 @@ def build(hyp: dict[str, Any], data: Any, *, time_budget: float | None = None, p
                  arch, options)
 
 
-def _vgg_training(hyp: dict[str, Any], model: Any) -> tuple[Any, list[dict[str, Any]]]:
+def vgg_training(hyp: dict[str, Any], model: nn.Module) -> tuple[TrainConfig, list[dict[str, Any]]]:
     from torch import nn
 
-    from imgclf.train.loop import TrainConfig
+    from imgclf.train.config import TrainConfig
 
     opt = hyp["opt"]
-    kernels, others = [], []
+    kernels: list[nn.Parameter] = []
+    others: list[nn.Parameter] = []
     for m in model.modules():
         for pname, p in m.named_parameters(recurse=False):
             if not p.requires_grad:
@@ -296,14 +307,17 @@ def _vgg_training(hyp: dict[str, Any], model: Any) -> tuple[Any, list[dict[str, 
     return config, groups
 
 
-def _fast_training(hyp: dict[str, Any], model: Any, data: Any,
-                   init_model: bool) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+def fast_training(hyp: dict[str, Any], model: nn.Module, data: TrainingData | None,
+                  init_model: bool) -> tuple[TrainConfig, list[dict[str, Any]], list[Callback]]:
+    """airbench's optimisation for the ``fast`` family: param groups, config and callbacks."""
     from imgclf.train.callbacks import FreezeGroupAfter, Lookahead
+    from imgclf.train.config import TrainConfig
     from imgclf.train.data import normalize_tensor
-    from imgclf.train.loop import TrainConfig
 
     opt = hyp["opt"]
     if init_model:
+        if data is None:
+            raise ValueError("the whitening initialisation needs the training data")
         n = int(opt["whiten_samples"])
         model.init_whitening(normalize_tensor(data.train.images[:n], data.spec), eps=float(opt["whiten_eps"]))
     batch, momentum = int(opt["batch_size"]), float(opt["momentum"])
@@ -330,7 +344,7 @@ def _fast_training(hyp: dict[str, Any], model: Any, data: Any,
         schedule=opt["schedule"], warmup=float(opt["warmup"]), start_factor=float(opt["start_factor"]),
         final_factor=float(opt["final_factor"]), label_smoothing=float(opt["label_smoothing"]),
     )
-    callbacks: list[Any] = [FreezeGroupAfter("whiten_bias", int(opt["whiten_bias_epochs"]))]
+    callbacks: list[Callback] = [FreezeGroupAfter("whiten_bias", int(opt["whiten_bias_epochs"]))]
     if opt["lookahead"]:
         callbacks.append(Lookahead())
     return config, groups, callbacks

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import UserError
+from imgclf.package import DatasetRecord, Provenance, package_name
+from imgclf.train.resume_options import merge_on_resume, refuse_overwrite
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from imgclf.publish import Published
+    from imgclf.train.config import FitResult
+    from imgclf.train.data import TrainingData
+    from imgclf.train.recipes import Setup
 
 
 @dataclass
@@ -28,7 +37,7 @@ class RunOptions:
     out: str
     data: str | None = None
     format: str = "auto"
-    recipe: str = "vgg"
+    recipe: str | None = None  # None: the saved one on --resume, else "vgg"
     arch: str | None = None
     epochs: float | None = None
     batch_size: int | None = None
@@ -68,27 +77,35 @@ class RunOutcome:
     is_main: bool = True
 
 
+# What the checkpoints depend on: --resume may not change these (see imgclf.train.resume_options).
+FIXED_ON_RESUME = ("data", "recipe", "arch", "image_size", "grayscale", "seed", "val_fraction")
+
+
+def _unset(key: str, value: Any) -> bool:  # noqa: ANN401 - option values of any type
+    return value is None or (key == "overrides" and not value) or (key == "format" and value == "auto")
+
+
 def resolve_options(opts: RunOptions) -> RunOptions:
-    """With ``--resume``, start from the run's saved options; options given now take precedence."""
+    """With ``--resume``, the run's saved options, replaced by those given now (see
+    :mod:`imgclf.train.resume_options`); without it, refuse to overwrite a run."""
     out = Path(opts.out)
     saved_path = out / "run.json"
     has_ckpt = (out / "checkpoints" / "last.pt").is_file()
     if not opts.resume:
         if has_ckpt:
-            raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-        return opts
+            refuse_overwrite(out / "checkpoints", what="a training run", out=out)
+        return replace(opts, recipe=opts.recipe or "vgg")
     if not saved_path.is_file():
         if has_ckpt:
             raise UserError(f"{out} has a checkpoint but no run.json; cannot tell how it was started")
-        return opts
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))["options"]
-    merged = asdict(opts)
-    for key in RunOptions.DEFINING:
-        given = merged.get(key)
-        if given is None or (key == "overrides" and not given) or (key == "format" and given == "auto"):
-            merged[key] = saved.get(key, merged[key])
-        elif key == "overrides":
-            merged[key] = {**saved.get("overrides", {}), **given}
+        return replace(opts, recipe=opts.recipe or "vgg")
+    saved_all = json.loads(saved_path.read_text(encoding="utf-8"))["options"]
+    saved = {k: saved_all[k] for k in RunOptions.DEFINING if not _unset(k, saved_all.get(k))}
+    current = asdict(opts)
+    given = {k: current[k] for k in RunOptions.DEFINING if not _unset(k, current[k])}
+    if "overrides" in given:
+        given["overrides"] = {**saved.get("overrides", {}), **given["overrides"]}
+    merged = {**current, **merge_on_resume(saved, given, fixed=FIXED_ON_RESUME, run_dir=out)}
     if merged.get("recipe") is None:
         merged["recipe"] = "vgg"
     return RunOptions(**merged)
@@ -105,7 +122,7 @@ def recipe_for(opts: RunOptions) -> dict[str, Any]:
                         ("net.arch", opts.arch)):
         if value is not None:
             overrides[path] = value
-    hyp = recipes.get_recipe(opts.recipe, overrides)
+    hyp = recipes.get_recipe(opts.recipe or "vgg", overrides)  # resolve_options has set it; "vgg" is its default
     if opts.arch is not None:
         family = "fast" if opts.arch == "fast" else "vgg" if opts.arch.startswith("vgg") else None
         if family is None:
@@ -117,12 +134,6 @@ def recipe_for(opts: RunOptions) -> dict[str, Any]:
             raise UserError(f"--arch {opts.arch} does not fit recipe {opts.recipe} (a {hyp['family']} recipe); "
                             f"use a {family} recipe")
     return hyp
-
-
-def package_name(opts: RunOptions, dataset: str) -> str:
-    raw = opts.name or f"{dataset}-{opts.recipe}"
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "model"
-    return name[:64]
 
 
 def _barrier() -> None:
@@ -137,8 +148,9 @@ def train(opts: RunOptions) -> RunOutcome:
     import torch
 
     from imgclf.train.data import image_batches, load_training_data
-    from imgclf.train.loop import Trainer, configure_cpu, init_distributed
+    from imgclf.train.loop import Trainer
     from imgclf.train.recipes import build
+    from imgclf.train.runtime import configure_cpu, init_distributed
 
     opts = resolve_options(opts)
     rank, world, _ = init_distributed()
@@ -185,16 +197,17 @@ def train(opts: RunOptions) -> RunOutcome:
     outcome = RunOutcome(out, result.stopped, history=result.history, elapsed=result.elapsed, is_main=rank == 0)
     if result.stopped == "interrupted" or rank != 0:
         return outcome
-    model = trainer.module.to("cpu").to(memory_format=torch.contiguous_format).float().eval()
+    model = trainer.module.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    model = model.float().eval()
     from imgclf.train.models import TTA
 
     served = TTA(model, setup.tta).eval() if setup.tta else model
     outcome.package, outcome.evaluation = finish(out, served, data=data, hyp=hyp, setup=setup, result=result,
-                                                 name=package_name(opts, info["name"]))
+                                                 name=package_name(opts.name or f"{info['name']}-{opts.recipe}"))
     return outcome
 
 
-def _count(model: Any) -> int:
+def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -208,51 +221,73 @@ def _report_skipped(skipped: list[tuple[str, str]]) -> None:
         print(f"  ... and {len(skipped) - 10} more (listed in run.json)", file=sys.stderr)
 
 
-def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any, result: Any,
-           name: str) -> tuple[Path, dict[str, Any] | None]:
-    """Export the package, evaluate it through the serving path, write plots and report.md."""
-    from imgclf.engine import OnnxEngine
-    from imgclf.export import export_package
-    from imgclf.package import update_provenance
-    from imgclf.train.evaluate import evaluate_engine, write_evaluation
-    from imgclf.train.report import plot_learning_curves, write_run_report
-
+def provenance_of(served: nn.Module, *, data: TrainingData, hyp: dict[str, Any], setup: Setup,
+                  result: FitResult) -> Provenance:
+    """The package's record of this run (the metrics measured on the package are added by publish)."""
     info = data.describe()
     history = result.history
     eval_split = data.eval_split or "val"
     best_eval = max((r["val_acc"] for r in history if r.get("val_acc") is not None), default=None)
-    provenance: dict[str, Any] = {
-        "architecture": setup.arch, "arch_options": setup.arch_options, "num_params": _count(served),
-        "recipe": hyp["name"], "recipe_settings": {k: hyp[k] for k in ("net", "opt", "aug", "eval", "data", "run")},
-        "dataset": {k: v for k, v in info.items() if k != "skipped"} | {"skipped_files": len(info["skipped"])},
-        "epochs": result.epochs, "steps": result.steps, "seed": int(hyp["run"]["seed"]),
-        "stopped": result.stopped, "training_seconds": round(result.elapsed, 1), "precision": result.precision,
+    dataset = DatasetRecord(name=info["name"], path=info["path"], format=info["format"], classes=tuple(data.classes),
+                            splits={k: info[k] for k in ("train", "val", "test")}, val_from=info["val_from"],
+                            skipped_files=len(info["skipped"]))
+    training = {
+        "arch_options": setup.arch_options, "recipe": hyp["name"],
+        "recipe_settings": {k: hyp[k] for k in ("net", "opt", "aug", "eval", "data", "run")},
+        "epochs": result.epochs, "steps": result.steps, "seed": int(hyp["run"]["seed"]), "stopped": result.stopped,
+        "training_seconds": round(result.elapsed, 1), "precision": result.precision,
         "channels_last": result.channels_last, "threads": result.threads, "test_time_augmentation": setup.tta,
-        "metrics": {f"best_{eval_split}_accuracy": best_eval,
-                    "final_train_accuracy": history[-1]["train_acc"] if history else None},
+        "eval_split": eval_split,
     }
+    metrics = {f"best_{eval_split}_accuracy": best_eval,
+               "final_train_accuracy": history[-1]["train_acc"] if history else None}
+    return Provenance(architecture=setup.arch, task="train", num_params=_count(served),
+                      dataset=dataset, metrics=metrics, training=training)
+
+
+def finish(out: Path, served: nn.Module, *, data: TrainingData, hyp: dict[str, Any], setup: Setup,
+           result: FitResult, name: str) -> tuple[Path, dict[str, Any] | None]:
+    """Publish the package (evaluated through the serving path on the test split, else val), then
+    write the plots and report.md."""
+    from imgclf.publish import publish
+
     example = data.train.images[0].permute(1, 2, 0).numpy()
     if example.shape[-1] == 1:
         example = example.repeat(3, axis=-1)
-    report = export_package(served, out / "package", name=name, labels=list(data.classes), spec=data.spec,
-                            provenance=provenance, check_image=example)
-    package = report.package
-    evaluation = None
     test_split = "test" if "test" in data.raw.splits else ("val" if "val" in data.raw.splits else None)
-    if test_split is not None:
-        ev = evaluate_engine(OnnxEngine(package), data.raw, test_split, progress=False)
-        write_evaluation(ev, out, title=f"{name}: {test_split} split")
+
+    def report(published: Published) -> None:
+        _write_report(out, published, name=name, data=data, hyp=hyp, setup=setup, result=result)
+
+    published = publish(served, out / "package", name=name, labels=list(data.classes), spec=data.spec,
+                        provenance=provenance_of(served, data=data, hyp=hyp, setup=setup, result=result),
+                        check_image=example, dataset=data.raw, eval_splits=[test_split] if test_split else [],
+                        report=report)
+    ev = published.evaluations.get(test_split) if test_split else None
+    return published.package.path, ev.to_dict() if ev is not None else None
+
+
+def _write_report(out: Path, published: Published, *, name: str, data: TrainingData, hyp: dict[str, Any],
+                  setup: Setup, result: FitResult) -> None:
+    """metrics.json and confusion_matrix.png (of the package's evaluation), learning_curves.png, report.md."""
+    from imgclf.evaluation import plot_learning_curves, write_evaluation, write_run_report
+
+    info = data.describe()
+    history = result.history
+    eval_split = data.eval_split or "val"
+    evaluation = None
+    for split, ev in published.evaluations.items():
+        write_evaluation(ev, out, title=f"{name}: {split} split")
         evaluation = ev.to_dict()
-        provenance["metrics"].update({f"{test_split}_accuracy": ev.accuracy, f"{test_split}_top5": ev.top5,
-                                      f"{test_split}_images": ev.n})
-        update_provenance(package.path, {"metrics": provenance["metrics"]})
     if history:
         plot_learning_curves(history, out / "learning_curves.png", title=f"{name} ({hyp['name']})",
                              eval_split=eval_split)
     facts = {
-        "recipe": f"`{hyp['name']}` ({hyp.get('adds')})", "architecture": f"{setup.arch}, {_count(served):,} parameters",
+        "recipe": f"`{hyp['name']}` ({hyp.get('adds')})",
+        "architecture": f"{setup.arch}, {published.package.meta.provenance.num_params:,} parameters",
         "dataset": f"{info['name']} ({info['format']}, {info['path']}): {info['train']:,} train, "
-                   f"{info['val']:,} val, {info['test']:,} test images" + (f", val = {info['val_from']}" if info["val_from"] else ""),
+                   f"{info['val']:,} val, {info['test']:,} test images"
+                   + (f", val = {info['val_from']}" if info["val_from"] else ""),
         "evaluated each epoch on": eval_split, "stopped": result.stopped,
         "precision": f"{result.precision}{' + channels_last' if result.channels_last else ''}, "
                      f"{result.threads} CPU thread(s)" if result.threads else result.precision,
@@ -267,7 +302,6 @@ def finish(out: Path, served: Any, *, data: Any, hyp: dict[str, Any], setup: Any
                      "CIFAR-10 experiments (use --val-fraction for an unbiased choice of epoch)")
     write_run_report(out, title=f"Training run: {name}", facts=facts, evaluation=evaluation, history=history,
                      eval_split=eval_split, notes=notes)
-    return package.path, evaluation
 
 
 def environment() -> dict[str, Any]:

@@ -1,4 +1,12 @@
-"""Imports every model family module; importing one registers its zoo entries."""
+"""Imports every model family module; importing one registers its zoo entries.
 
-# Add a new family module to this import.
-from imgclf.zoo import efficientnet_lite, inception, mobilenet, resnet, squeezenet, vgg, xception  # noqa: F401
+Only :func:`imgclf.zoo.load_families` imports this module. Add a new family module here.
+"""
+
+import imgclf.zoo.efficientnet_lite  # noqa: F401
+import imgclf.zoo.inception  # noqa: F401
+import imgclf.zoo.mobilenet  # noqa: F401
+import imgclf.zoo.resnet  # noqa: F401
+import imgclf.zoo.squeezenet  # noqa: F401
+import imgclf.zoo.vgg  # noqa: F401
+import imgclf.zoo.xception  # noqa: F401

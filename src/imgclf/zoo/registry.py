@@ -1,9 +1,12 @@
-"""The zoo registry: one entry per model name.
+"""The zoo registry: one entry per model name. It depends on no other zoo module.
 
 An entry holds everything known about a pretrained model except its architecture code, which lives
 in the family's own module (``vgg.py``, ``resnet.py`` ...): the builder, the preprocessing spec, the
 label set, the parameter count and where the weights come from (timm's pretrained config and
-torchvision's ``Weights`` enum, in one place).
+torchvision's ``Weights`` enum, in one place). Family modules :func:`register` their entries when
+imported; :mod:`imgclf.zoo` imports them (timm's ``_registry.py`` and ``models/__init__.py``).
+The lookups here see what is registered so far: use :func:`imgclf.zoo.get` and friends, which
+make sure every family is loaded first.
 """
 
 from __future__ import annotations
@@ -68,41 +71,38 @@ class ZooEntry:
 
 _REGISTRY: dict[str, ZooEntry] = {}
 
+DEFAULT_MODEL = "efficientnet_lite0"
+
 
 def register(entry: ZooEntry) -> ZooEntry:
+    """Add ``entry``; a family module calls this for each of its models when it is imported."""
     if entry.name in _REGISTRY:
         raise ValueError(f"zoo entry {entry.name!r} registered twice")
     _REGISTRY[entry.name] = entry
     return entry
 
 
-def _load_families() -> None:
-    # Importing a family module registers its entries.
-    from imgclf.zoo import families  # noqa: F401
+def unregister(name: str) -> None:
+    """Remove an entry if present (for tests and plugins that register temporary models)."""
+    _REGISTRY.pop(name, None)
 
 
 def get(name: str) -> ZooEntry:
-    _load_families()
+    """The registered entry ``name``; :class:`UnknownModelError` names the known ones otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(sorted(_REGISTRY)) or "none registered"
         raise UnknownModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def names() -> list[str]:
-    _load_families()
     return sorted(_REGISTRY)
 
 
 def entries() -> list[ZooEntry]:
-    _load_families()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
 
 
 def is_zoo_name(name: str) -> bool:
-    _load_families()
     return name in _REGISTRY
-
-
-DEFAULT_MODEL = "efficientnet_lite0"
