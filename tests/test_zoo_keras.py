@@ -187,7 +187,7 @@ def tiny_entry():
     """A narrow VGG16 registered like the real one (same Keras layout rules), removed afterwards."""
     from functools import partial
 
-    registry.names()  # load the real families first so they cannot clash with this one
+    zoo.names()  # load the real families first so they cannot clash with this one
     base = zoo.get("vgg16")
     entry = registry.register(registry.ZooEntry(
         name=TINY_NAME, family="vgg", builder=partial(VGG, TINY_CFG, hidden=TINY_HIDDEN),
@@ -195,7 +195,7 @@ def tiny_entry():
         extra={"keras": keras_layout(TINY_CFG)},
     ))
     yield entry
-    registry._REGISTRY.pop(TINY_NAME, None)
+    registry.unregister(TINY_NAME)
 
 
 # ---------------------------------------------------------------- equivalence

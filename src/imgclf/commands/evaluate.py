@@ -41,10 +41,10 @@ def split_defaults(loaded: LoadedModel) -> tuple[float | None, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.resolve import open_model
     from imgclf.data import open_dataset
     from imgclf.evaluation import evaluate_engine, format_evaluation, write_evaluation
     from imgclf.package import package_name
+    from imgclf.resolve import open_model
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
