@@ -182,8 +182,10 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
     orientation = _orientation(img)
     rgb = _to_rgb(img)
     if min_side:
-        factor = min(rgb.size) // min_side
-        if factor >= 2:  # box filter: exact average, no aliasing, the cheapest correct shrink
+        # A box filter is a cruder prefilter than DCT scaling (measured: it moves predictions twice as
+        # much at the same size), so it keeps twice the margin; it still takes a 24 MP PNG down 2x.
+        factor = min(rgb.size) // (2 * min_side)
+        if factor >= 2:
             rgb = rgb.reduce(factor)
     if orientation in _ORIENTATION:  # orientation swaps axes; the short side (the hint) does not change
         rgb = rgb.transpose(_ORIENTATION[orientation])
@@ -195,8 +197,9 @@ def decode(data: bytes, *, max_pixels: int | None = None, min_side: int | None =
     """Decode encoded image bytes into an ``(H, W, 3)`` RGB uint8 array.
 
     Applies EXIF orientation, takes the first frame of animations and converts every mode to RGB.
-    ``min_side``: the caller will shrink the image anyway, so it may come back smaller (scaled JPEG
-    decode, integer box reduce) as long as its shorter side stays at least ``min_side``; without it
+    ``min_side``: the caller will shrink the image anyway, so it may come back smaller (JPEG decoded at
+    1/2, 1/4 or 1/8 scale, keeping the shorter side at least ``min_side``; any format box-reduced by an
+    integer factor, keeping it at least ``2 * min_side``); without it
     the image is decoded at full size. Raises a subclass of :class:`ImageDecodeError` with a message
     a user can act on, whatever the bytes are.
     """
