@@ -112,6 +112,9 @@ def check_size(w: int, h: int, max_pixels: int, max_aspect_ratio: float = DEFAUL
         )
 
 
+_REDUCIBLE_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "I", "F"})
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparency is composited on white."""
     mode = img.mode
@@ -123,14 +126,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if mode == "RGB":
             return img
     if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
-        rgba = img.convert("RGBA")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16/32-bit grey: scale the full range to 8 bits instead of clipping at 255 (float32: 4 B/px).
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.array(img, dtype=np.float32)  # one writable copy, then in place
         top = 65535.0 if mode.startswith("I;16") else max(float(np.nanmax(arr)), 1.0)
-        grey = np.nan_to_num(np.clip(arr * np.float32(255.0 / top), 0, 255)).round().astype(np.uint8)
+        arr *= np.float32(255.0 / top)
+        np.nan_to_num(arr, copy=False)
+        np.clip(arr, 0, 255, out=arr)
+        grey = np.rint(arr, out=arr).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     # L, 1, CMYK, YCbCr, LAB, HSV ...
     return img.convert("RGB")
@@ -180,13 +186,16 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
             img.draft(None, (w // scale, h // scale))
     img.load()  # first frame only: animations are never walked (n_frames reads the whole file)
     orientation = _orientation(img)
-    rgb = _to_rgb(img)
+    pixels: Image.Image = img
     if min_side:
         # A box filter is a cruder prefilter than DCT scaling (measured: it moves predictions twice as
         # much at the same size), so it keeps twice the margin; it still takes a 24 MP PNG down 2x.
-        factor = min(rgb.size) // (2 * min_side)
+        # Reduced before the mode conversion, so the full-size image is never copied (premultiplied
+        # alpha keeps the compositing on white exact); palettes cannot be averaged, they go first.
+        factor = min(img.size) // (2 * min_side)
         if factor >= 2:
-            rgb = rgb.reduce(factor)
+            pixels = (img if img.mode in _REDUCIBLE_MODES else _to_rgb(img)).reduce(factor)
+    rgb = _to_rgb(pixels)
     if orientation in _ORIENTATION:  # orientation swaps axes; the short side (the hint) does not change
         rgb = rgb.transpose(_ORIENTATION[orientation])
     return rgb
