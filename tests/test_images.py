@@ -376,3 +376,22 @@ def test_broken_exif_block_does_not_reject_the_image():
     arr = gradient()
     data = encode(Image.fromarray(arr), "PNG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
     np.testing.assert_array_equal(decode(data), arr)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "F", "CMYK", "1"])
+def test_box_reduce_before_conversion_equals_conversion_then_reduce(mode):
+    """The hinted path reduces before converting the mode (no full-size copies); the pixels agree."""
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(np.tile(np.linspace(0, 65535, 600).astype(np.uint16), (400, 1)))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((400, 600), dtype=np.float32) * 1000)
+    elif mode in ("RGBA", "LA"):
+        img = Image.fromarray(rng.integers(0, 256, (400, 600, 4), dtype=np.uint8), "RGBA").convert(mode)
+    else:
+        img = Image.fromarray(photo(600, 400)).convert(mode)
+    data = encode(img, "TIFF")
+    small = decode(data, min_side=50)  # 400 // (2 * 50) = 4
+    expect = np.asarray(Image.fromarray(decode(data)).reduce(4))
+    assert small.shape == expect.shape == (100, 150, 3)
+    assert np.abs(small.astype(int) - expect).max() <= 2

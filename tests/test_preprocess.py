@@ -178,14 +178,15 @@ def test_every_shorter_side_zoo_entry_is_the_torchvision_transform():
 
 # --- bounded cost for any shape ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(1, 8192), (65535, 1), (1, 400_000), (3, 5000)])
+@pytest.mark.parametrize("shape", [(1, 8192), (65535, 1), (1, 400_000), (3, 5000), (1, 40_000_000)])
 def test_extreme_shapes_have_a_bounded_intermediate(shape):
     """An 8192x1 image would resize to 2,097,152x256 (1.6 GB); only the crop's window is resized."""
     img = np.zeros((*shape, 3), np.uint8)
     img[..., 0] = 200
-    out = resize_and_crop(img, PreprocessSpec())
-    assert out.shape == (224, 224, 3)
-    assert out[..., 0].min() == 200 and out[..., 1].max() == 0
+    for spec in (PreprocessSpec(), caffe_spec(224)):  # no OverflowError, no 2M-pixel-wide intermediate
+        out = resize_and_crop(img, spec)
+        assert out.shape == (224, 224, 3)
+        assert out[..., 0].min() == 200 and out[..., 1].max() == 0
 
 
 def test_long_but_normal_images_keep_the_exact_path():

@@ -14,6 +14,7 @@ factor, so a 24 MP phone photo costs little more than a small one.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -130,16 +131,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit grey: scale the full range to 8 bits instead of clipping at 255 (float32: 4 B/px).
-        arr = np.array(img, dtype=np.float32)  # one writable copy, then in place
-        top = 65535.0 if mode.startswith("I;16") else max(float(np.nanmax(arr)), 1.0)
-        arr *= np.float32(255.0 / top)
-        np.nan_to_num(arr, copy=False)
-        np.clip(arr, 0, 255, out=arr)
-        grey = np.rint(arr, out=arr).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return _grey_to_rgb(img, _grey_top(img))
     # L, 1, CMYK, YCbCr, LAB, HSV ...
     return img.convert("RGB")
+
+
+def _grey_top(img: Image.Image) -> float:
+    """The white of a 16/32-bit grey image: 65535 for 16-bit, else its brightest pixel (no copy made)."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    top = float(img.getextrema()[1])  # type: ignore[arg-type]
+    return max(top, 1.0) if math.isfinite(top) else 255.0
+
+
+def _grey_to_rgb(img: Image.Image, top: float) -> Image.Image:
+    """16/32-bit grey: scale 0..top to 8 bits instead of clipping at 255."""
+    arr = np.array(img, dtype=np.float32)  # one writable copy (4 B/px), then in place
+    arr *= np.float32(255.0 / top)
+    np.nan_to_num(arr, copy=False)
+    np.clip(arr, 0, 255, out=arr)
+    grey = np.rint(arr, out=arr).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def _orientation(img: Image.Image) -> int:
@@ -194,7 +206,11 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
         # alpha keeps the compositing on white exact); palettes cannot be averaged, they go first.
         factor = min(img.size) // (2 * min_side)
         if factor >= 2:
-            pixels = (img if img.mode in _REDUCIBLE_MODES else _to_rgb(img)).reduce(factor)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # the range of the full image
+                top = _grey_top(img)  # reduce has no 16-bit path: average those as 32-bit
+                pixels = _grey_to_rgb((img if img.mode in ("I", "F") else img.convert("I")).reduce(factor), top)
+            else:
+                pixels = (img if img.mode in _REDUCIBLE_MODES else _to_rgb(img)).reduce(factor)
     rgb = _to_rgb(pixels)
     if orientation in _ORIENTATION:  # orientation swaps axes; the short side (the hint) does not change
         rgb = rgb.transpose(_ORIENTATION[orientation])
