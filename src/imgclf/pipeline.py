@@ -6,17 +6,28 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from imgclf.engine import Engine, top_k
 from imgclf.images import ImageDecodeError, decode, image_files
-from imgclf.preprocess import PreprocessSpec, preprocess
+from imgclf.preprocess import PreprocessSpec, decode_min_side, normalize, resize_and_crop
 
 
-def prepare(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None) -> np.ndarray:
+def load_pixels(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None) -> npt.NDArray[np.uint8]:
+    """Encoded image bytes -> the spec's ``(S, S, C)`` uint8 pixels (decode + geometry, no normalisation).
+
+    The decoder is told the size the spec shrinks to, so a big JPEG is decoded at 1/2..1/8 scale.
+    """
+    image = decode(data, max_pixels=max_pixels, min_side=decode_min_side(spec))
+    return resize_and_crop(image, spec)
+
+
+def prepare(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None) -> npt.NDArray[np.float32]:
     """Encoded image bytes -> model input ``(C, S, S)``: the one decode path, then the one spec."""
-    return preprocess(decode(data, max_pixels=max_pixels), spec)
+    return normalize(load_pixels(data, spec, max_pixels=max_pixels), spec)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -50,16 +61,16 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 
 def classify_files(engine: Engine, files: list[Path], *, k: int = 5, batch_size: int = 16,
-                   progress: bool | None = None, workers: int = 2) -> list[dict]:
+                   progress: bool | None = None, workers: int = 2) -> list[dict[str, Any]]:
     """One result per file, in order: ``{"file", "predictions"}`` or ``{"file", "error"}``.
 
     Decoding runs on a small thread pool (PIL releases the GIL) while the engine works.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     if progress is None:
         progress = sys.stderr.isatty() and len(files) > batch_size
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
         chunks = list(_batches(files, batch_size))

@@ -1,0 +1,202 @@
+"""Phone-size photos against a small one: HTTP latency and throughput, and decode+preprocess in-process.
+
+    python benchmarks/large_photos.py PACKAGE_DIR [--source PHOTO] [--files SMALL 12MP 24MP]
+                                      [--requests 100] [--seconds 10]
+
+``imgclf serve PACKAGE_DIR`` starts on a free local port; three JPEGs (made from ``--source``, default
+the sample photo of a cat: 500x375, 12 MP 4000x3000 and 24 MP 6000x4000, quality 90; or your own
+``--files``) are posted as raw ``image/jpeg`` bodies on keep-alive connections:
+1. concurrency 1: p50 and mean latency of each size, and the ratio to the small photo
+   (targets: 12 MP <= 2x, 24 MP <= 2.5x);
+2. concurrency 8: images/s of each size, and the ratio to the small photo (target: 12 MP >= 0.5x);
+3. in-process, no HTTP: decode + preprocess of each file from a full-size decode and through the
+   one pipeline (scaled JPEG decode), median of ``--repeat`` runs.
+The server is stopped at the end. Prints a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SIZES = {"500x375": (500, 375), "12 MP": (4000, 3000), "24 MP": (6000, 4000)}
+
+
+def make_files(source: str | None) -> dict[str, bytes]:
+    from PIL import Image
+
+    from imgclf.images import decode_file
+    from imgclf.samples import reference_photo
+
+    photo = Image.fromarray(decode_file(source) if source else reference_photo())
+    out = {}
+    for name, size in SIZES.items():
+        buf = io.BytesIO()
+        photo.resize(size, Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
+        out[name] = buf.getvalue()
+    return out
+
+
+class Server:
+    """``imgclf serve`` in a child process on a free port; ``stop()`` ends it."""
+
+    def __init__(self, package: str) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="imgclf-large-photos-", suffix=".log", delete=False)
+        cmd = [sys.executable, "-m", "imgclf", "serve", "--model", package, "--host", "127.0.0.1", "--port", "0",
+               "--log-level", "warning", "--no-access-log"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = self._wait_ready()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=10) as r:
+            self.model = str(json.load(r)["default"])
+
+    def _wait_ready(self) -> int:
+        deadline = time.monotonic() + 180
+        port = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit("server exited:\n" + Path(self.log.name).read_text())
+            if port is None:
+                m = re.search(r"http://127\.0\.0\.1:(\d+)", Path(self.log.name).read_text())
+                port = int(m.group(1)) if m else None
+            if port is not None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                        if r.status == 200:
+                            return port
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        sys.exit("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(2)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.log.name)
+
+
+async def _load(port: int, path: str, body: bytes, concurrency: int, requests: int, seconds: float) -> dict:
+    """Keep-alive clients posting ``body``; returns 200-latencies, other statuses and the elapsed time."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    warmup = 2 * concurrency
+    sent = 0
+    started: list[float] = []
+    stop_at = time.perf_counter() + seconds + 60
+
+    async def client() -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while sent < warmup + requests and time.perf_counter() < stop_at:
+                sent += 1
+                measured = sent > warmup
+                if measured and not started:
+                    started.append(time.perf_counter())
+                t0 = time.perf_counter()
+                writer.write(head + body)
+                resp = await reader.readuntil(b"\r\n\r\n")
+                status = int(resp.split(b" ", 2)[1])
+                m = re.search(rb"(?i)content-length: *(\d+)", resp)
+                await reader.readexactly(int(m.group(1)) if m else 0)
+                if measured:
+                    if status == 200:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors[status] = errors.get(status, 0) + 1
+                if started and time.perf_counter() - started[0] > seconds:
+                    return
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started[0] if started else float("nan")
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def in_process(package: str, files: dict[str, bytes], repeat: int) -> dict[str, tuple[float, float]]:
+    """name -> (full decode + preprocess ms, pipeline ms), medians."""
+    from imgclf.images import decode
+    from imgclf.package import load_package
+    from imgclf.pipeline import prepare
+    from imgclf.preprocess import preprocess
+
+    spec = load_package(package).spec
+    out = {}
+    for name, data in files.items():
+        full, fast = [], []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            preprocess(decode(data), spec)
+            t1 = time.perf_counter()
+            prepare(data, spec)
+            fast.append(time.perf_counter() - t1)
+            full.append(t1 - t0)
+        out[name] = (statistics.median(full) * 1000, statistics.median(fast) * 1000)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("package", help="model package directory (model.onnx + model.json)")
+    ap.add_argument("--source", metavar="PHOTO", help="photo the three sizes are made from (default: a sample photo)")
+    ap.add_argument("--files", nargs=3, metavar=("SMALL", "MP12", "MP24"), help="use these JPEG files as they are")
+    ap.add_argument("--requests", type=int, default=100, help="measured requests per size and level (default 100)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="time limit per size and level (default 10)")
+    ap.add_argument("--repeat", type=int, default=15, help="in-process repetitions (default 15)")
+    args = ap.parse_args()
+
+    if args.files:
+        files = {name: Path(f).read_bytes() for name, f in zip(SIZES, args.files, strict=True)}
+    else:
+        files = make_files(args.source)
+    server = Server(args.package)
+    try:
+        path = f"/v1/models/{server.model}/predict?top_k=5"
+        c1 = {n: asyncio.run(_load(server.port, path, d, 1, args.requests, args.seconds)) for n, d in files.items()}
+        c8 = {n: asyncio.run(_load(server.port, path, d, 8, 4 * args.requests, args.seconds)) for n, d in files.items()}
+    finally:
+        server.stop()
+    local = in_process(args.package, files, args.repeat)
+
+    small = "500x375"
+    p50 = {n: float(np.median(r["latencies"])) * 1000 if r["latencies"] else float("nan") for n, r in c1.items()}
+    tput = {n: len(r["latencies"]) / r["elapsed"] for n, r in c8.items()}
+    print(f"## Large photos: {Path(args.package).name}, {os.cpu_count()} CPUs\n")
+    print("| photo | bytes | c=1 p50 ms | c=1 mean ms | x small | c=8 img/s | x small | errors | "
+          "in-process full ms | in-process pipeline ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for n, data in files.items():
+        lat = c1[n]["latencies"]
+        errs = {**c1[n]["errors"], **c8[n]["errors"]}
+        print(f"| {n} | {len(data):,} | {p50[n]:.1f} | {statistics.fmean(lat) * 1000 if lat else float('nan'):.1f} | "
+              f"{p50[n] / p50[small]:.2f} | {tput[n]:.1f} | {tput[n] / tput[small]:.2f} | {errs or '-'} | "
+              f"{local[n][0]:.1f} | {local[n][1]:.1f} |")
+    print(f"\ntargets: 12 MP c=1 <= 2x small ({p50['12 MP'] / p50[small]:.2f}x), 24 MP <= 2.5x "
+          f"({p50['24 MP'] / p50[small]:.2f}x), 12 MP c=8 >= 0.5x small ({tput['12 MP'] / tput[small]:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
