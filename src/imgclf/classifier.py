@@ -34,6 +34,7 @@ from PIL import Image
 from imgclf.engine import Array, Engine, OutputKind, Prediction, top_k
 from imgclf.errors import UserError
 from imgclf.images import ImageDecodeError, decode
+from imgclf.pipeline import prepare
 from imgclf.preprocess import PreprocessSpec, preprocess
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class Classifier:
 
     def prepare(self, inputs: Sequence[ImageInput]) -> Array:
         """Inputs -> the ``(N, C, S, S)`` float32 batch the engine takes (decode, then the spec)."""
-        return np.stack([preprocess(to_pixels(x), self.spec) for x in inputs])
+        return np.stack([model_input(x, self.spec) for x in inputs])
 
     def _top_k(self, inputs: list[ImageInput], k: int) -> list[list[Prediction]]:
         return top_k(self.engine.probabilities(self.prepare(inputs)), self.engine.labels, k)
@@ -169,7 +170,7 @@ class Classifier:
     def _load_file(self, path: Path) -> Array | str:
         """The file's model input, or why it cannot be used (a short message for the user)."""
         try:
-            return preprocess(decode(path.read_bytes()), self.spec)
+            return prepare(path.read_bytes(), self.spec)
         except FileNotFoundError:
             return "no such file"
         except IsADirectoryError:
@@ -198,6 +199,17 @@ def load(name_or_package: str | os.PathLike[str], *, weights: str | os.PathLike[
     weights_arg = os.fspath(weights) if weights is not None else None
     return Classifier(resolve.load_engine(model, weights=weights_arg, threads=threads, runtime=engine),
                       batch_size=batch_size)
+
+
+def model_input(x: ImageInput, spec: PreprocessSpec) -> Array:
+    """One input -> the model's ``(C, S, S)`` input. Encoded inputs (paths, bytes) take the server's
+    path (:func:`imgclf.pipeline.prepare`: a large JPEG is decoded at reduced scale), so they get the
+    server's answers; PIL images and arrays are full-size pixels already."""
+    if isinstance(x, (str, os.PathLike)):
+        return prepare(Path(x).read_bytes(), spec)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return prepare(bytes(x), spec)
+    return preprocess(to_pixels(x), spec)
 
 
 def to_pixels(x: ImageInput) -> npt.NDArray[np.uint8]:

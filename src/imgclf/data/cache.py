@@ -20,7 +20,7 @@ from imgclf.data.dataset import Pixels
 from imgclf.data.hashing import hash_files
 from imgclf.preprocess import PreprocessSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: scaled JPEG decode and torchvision-exact resize change the pixels of large photos
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Decoding image files for training and evaluation: a process pool over the one decode path.
 
-Every file goes through :func:`imgclf.images.decode` and :func:`imgclf.preprocess.resize_and_crop`,
-the two steps the server applies to an upload, so a model trains on the pixels it will serve.
+Every file goes through :func:`imgclf.pipeline.load_pixels` (the one decode path, then the spec's
+geometry), the steps the server applies to an upload, so a model trains on the pixels it will serve.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np
 from imgclf.data.cache import Decoded, cache_path, read_cache, write_cache
 from imgclf.data.dataset import Pixels, RawDataset, RawSplit
 from imgclf.errors import UserError
-from imgclf.images import ImageDecodeError, decode
-from imgclf.preprocess import PreprocessSpec, resize_and_crop
+from imgclf.images import ImageDecodeError
+from imgclf.pipeline import load_pixels
+from imgclf.preprocess import PreprocessSpec
 
 CHUNK = 512  # files per worker task: large enough to amortise the pickling of results
 
@@ -36,7 +37,7 @@ def _decode_chunk(job: _Job) -> _Result:
     failed: list[tuple[int, str]] = []
     for i, p in enumerate(paths):
         try:
-            out[i] = resize_and_crop(decode(Path(p).read_bytes()), spec)
+            out[i] = load_pixels(Path(p).read_bytes(), spec)
         except (ImageDecodeError, OSError) as exc:
             failed.append((i, str(exc) or type(exc).__name__))
     return out, failed

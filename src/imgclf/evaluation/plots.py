@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from imgclf.errors import UserError
-from imgclf.images import ImageDecodeError, decode_file
-from imgclf.preprocess import PreprocessSpec, resize_and_crop
+from imgclf.images import ImageDecodeError
+from imgclf.pipeline import load_pixels
+from imgclf.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -147,7 +148,7 @@ def save_worst_grid(path: str | os.PathLike[str], files: Sequence[Path], probs: 
         ax = fig.add_subplot(nrows, cols, slot + 1)
         ax.axis("off")
         try:
-            pixels = resize_and_crop(decode_file(files[i]), spec)
+            pixels = load_pixels(Path(files[i]).read_bytes(), spec)
         except (OSError, ImageDecodeError):
             continue
         gray = pixels.shape[-1] == 1
