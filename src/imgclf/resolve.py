@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from imgclf.errors import UserError
+from imgclf.importers import is_keras_file
 from imgclf.package import ModelPackage, cache_dir, is_package_dir, load_package
 
 
@@ -15,6 +16,8 @@ def looks_like_path(arg: str) -> bool:
 
 def load_engine(model: str, *, weights: str | None = None, threads: int | None = None):
     """A package directory runs on ONNX Runtime; a zoo name runs in-process on torch."""
+    if is_keras_file(model):
+        model = str(ensure_package(model, weights=weights).path)  # imported once, then a package
     if looks_like_path(model):
         if weights:
             raise UserError("--weights applies to zoo models, not to a package directory")
@@ -38,6 +41,12 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     Exporting imports torch; callers that must stay torch-free (the server) run this in a
     separate process first.
     """
+    if is_keras_file(model):
+        if weights:
+            raise UserError("--weights applies to zoo models, not to a Keras model file")
+        from imgclf.importers.keras import ensure_keras_package
+
+        return ensure_keras_package(model, quiet=quiet)
     if looks_like_path(model):
         if not is_package_dir(model):
             raise UserError(f"{model} is not a model package (no model.json)")

@@ -15,8 +15,8 @@ HELP = "serve models over HTTP: REST API, Open Inference Protocol (KServe V2), w
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", action="append", default=[], metavar="NAME|PACKAGE_DIR",
-                   help="zoo model name or package directory; repeat for several (the first is the default "
-                        "model). Default: every package in --model-dir, else efficientnet_lite0")
+                   help="zoo model name, package directory or Keras model file (.h5/.keras); repeat for "
+                        "several (the first is the default model). Default: every package in --model-dir, else efficientnet_lite0")
     p.add_argument("--model-dir", metavar="DIR",
                    help="folder of model packages that the management API can load and unload by name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -42,9 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _export_in_child(model: str) -> str:
     """Runs in a spawned process: export a zoo model to the package cache (imports torch there)."""
     from imgclf import zoo
+    from imgclf.importers import is_keras_file
     from imgclf.resolve import ensure_package
 
-    zoo.get(model)  # an unknown name fails here, before any export message
+    if not is_keras_file(model):
+        zoo.get(model)  # an unknown name fails here, before any export message
     return str(ensure_package(model).path)
 
 
@@ -64,6 +66,7 @@ def export_zoo_models(names: list[str]) -> dict[str, Path]:
 
 def resolve_models(models: list[str], model_dir: str | None) -> list[Path]:
     """``--model`` arguments -> package directories, without importing torch in this process."""
+    from imgclf.importers import is_keras_file
     from imgclf.package import cache_dir, is_package_dir
     from imgclf.resolve import looks_like_path
     from imgclf.zoo.registry import DEFAULT_MODEL
@@ -77,7 +80,15 @@ def resolve_models(models: list[str], model_dir: str | None) -> list[Path]:
     found: dict[str, Path] = {}
     to_export: list[str] = []
     for arg in models:
-        if looks_like_path(arg):
+        if is_keras_file(arg):  # a Keras model file: imported once (in the child), then cached
+            from imgclf.importers.keras import cached_keras_package
+
+            cached = cached_keras_package(arg)
+            if cached is not None:
+                found[arg] = cached
+            else:
+                to_export.append(arg)
+        elif looks_like_path(arg):
             if not is_package_dir(arg):
                 raise UserError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
             found[arg] = Path(arg)
