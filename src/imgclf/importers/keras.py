@@ -52,7 +52,7 @@ class KerasImportReport:
 
 def load_keras() -> Any:
     """Keras 3 on the torch backend. The backend is chosen only for this import, not for the process."""
-    if "keras" in sys.modules:
+    if sys.modules.get("keras") is not None:
         import keras
 
         if keras.backend.backend() != "torch":
