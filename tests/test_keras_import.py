@@ -131,6 +131,21 @@ def test_logits_head_without_known_preprocessing_needs_flags(tmp_path, capsys, p
     np.testing.assert_allclose(logits, e / e.sum(axis=1, keepdims=True), atol=1e-5)
 
 
+def test_layer_the_tracer_cannot_export_goes_through_torch_export(tmp_path, photos):
+    """LayerNormalization's shapes defeat the TorchScript exporter; torch.export takes over, and the
+    package still has a dynamic batch dimension (the import checks batches of 1, 2 and 3)."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    x = keras.layers.LayerNormalization()(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    path = save_both(model, tmp_path)["keras"]
+    pkg = import_keras(path, tmp_path / "pkg", labels=LABELS3).package
+    probs, pixels = package_outputs(pkg, photos)
+    assert probs.shape == (len(photos), 3)
+    np.testing.assert_allclose(probs, keras_reference(model, pixels), atol=1e-5)
+
+
 def test_grayscale_model(tmp_path, photos):
     model = tiny_cnn(channels=1, seed=3)
     path = save_both(model, tmp_path)["keras"]

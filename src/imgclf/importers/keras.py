@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from imgclf.importers.keras_detect import (
     DetectedBase,
@@ -264,8 +267,6 @@ def import_keras(
     :class:`PreprocessSpec` fields that replace the detected ones (``caffe`` selects Keras' caffe
     mode). The package is written only after ONNX Runtime agrees with Keras on a real photo.
     """
-    import numpy as np
-
     kfile = read_keras_file(path)
     source = kfile.path.name
     model = load_keras_model(kfile)
@@ -278,7 +279,7 @@ def import_keras(
     label_list, label_source = _labels_for(classes, labels, source)
     module = nchw_module(model, channels_last=io.channels_last, binary=binary)
 
-    from imgclf.export import OPSET, export_onnx, verify_onnx
+    from imgclf.export import OPSET, verify_onnx
     from imgclf.package import write_package
 
     if check_image is None:
@@ -297,11 +298,12 @@ def import_keras(
     output_name = "probabilities" if kind == "probabilities" else "logits"
     with tempfile.TemporaryDirectory(prefix="imgclf-keras-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
+        export_model(module, spec, onnx_path, output_name, source)
         try:
-            export_onnx(module, spec, onnx_path, output_name=output_name)
             diff, top_keras, top_onnx = verify_onnx(module, onnx_path, spec, check_image)
-        except Exception as exc:  # noqa: BLE001 - the exporter's errors are long; one line is enough
-            raise KerasImportError(f"{source}: cannot export the model to ONNX: {_first_line(exc)}") from None
+            diff = max(diff, _batch_size_check(module, onnx_path, spec, check_image))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are long; one line is enough
+            raise KerasImportError(f"{source}: the exported ONNX model does not run: {_first_line(exc)}") from None
         if diff > 1e-3 * max(1.0, float(np.abs(reference).max())) or top_keras != top_onnx:
             raise KerasImportError(
                 f"{source}: ONNX Runtime disagrees with Keras (max abs diff {diff:.3g}, top-1 {top_onnx} vs {top_keras})"
@@ -326,6 +328,59 @@ def import_keras(
                            version=version, output_name=output_name, output_kind=kind, provenance=provenance)
         package = write_package(out_dir, onnx_path, meta)
     return KerasImportReport(package, base.base.name if base else None, origin, activation, diff)
+
+
+def export_model(module: Any, spec: PreprocessSpec, path: Path, output_name: str, source: str) -> None:
+    """ONNX with a dynamic batch dimension: the TorchScript exporter (quick, exact for plain CNNs),
+    else torch.export, which also takes layers whose shapes the tracer cannot keep static
+    (LayerNormalization, for one)."""
+    import torch
+
+    from imgclf.export import OPSET, export_onnx
+
+    try:
+        export_onnx(module, spec, path, output_name=output_name)
+        return
+    except Exception:  # noqa: BLE001, S110 - the second exporter gets its chance below
+        pass
+    dummy = torch.zeros(2, spec.channels, spec.input_size, spec.input_size)
+    quiet = logging.getLogger("torch.onnx")  # it warns about torchvision ops a classifier never uses
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (dummy,), input_names=["input"], output_names=[output_name],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=max(OPSET, 18),
+                dynamo=True, verbose=False,
+            )
+            program.save(str(path))
+    except Exception as exc:  # noqa: BLE001 - the exporter's errors are long; one line is enough
+        raise KerasImportError(f"{source}: cannot export the model to ONNX: {_first_line(exc)}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _batch_size_check(module: Any, onnx_path: Path, spec: PreprocessSpec, image: Any) -> float:
+    """Max abs difference on batches of 1 and 3: a batch size baked into the graph fails here."""
+    import onnxruntime as ort
+    import torch
+
+    from imgclf.preprocess import preprocess
+
+    x = preprocess(image, spec)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (x[None], np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(batch)).float().numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: batch})[0]
+        if got.shape != ref.shape:
+            raise KerasImportError(f"ONNX output shape {got.shape} for a batch of {len(batch)}, expected {ref.shape}")
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
 
 
 def _as_tensor(image: Any, spec: PreprocessSpec) -> Any:
