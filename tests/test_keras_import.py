@@ -322,7 +322,8 @@ def test_ensure_keras_package_imports_once_keyed_by_content(tmp_path, monkeypatc
     path = save_both(tiny_cnn(), folder, stem="shapes")["h5"]
     (folder / "shapes.labels.txt").write_text("\n".join(LABELS3) + "\n")
     first = ensure_package(str(path))
-    assert first.labels == LABELS3 and first.path.parent == tmp_path / "home" / "packages"
+    assert first.labels == LABELS3 and first.path.name == "shapes"
+    assert first.path.parent.parent == tmp_path / "home" / "packages" / "keras"
     assert importer.cached_keras_package(path) == first.path
 
     def no_import(*a, **k):

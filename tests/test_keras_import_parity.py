@@ -186,5 +186,5 @@ def test_serve_keras_file_answers_cat_or_dog(tmp_path, sample_jpegs):
         body = r.json()
         assert body["model"] == "catdog"
         assert {p["label"] for p in body["predictions"][0]} == {"cat", "dog"}
-    cached = list((tmp_path / "home" / "packages").iterdir())
-    assert len(cached) == 1 and cached[0].name.startswith("keras-catdog-")
+    cached = list((tmp_path / "home" / "packages" / "keras").glob("*/*"))
+    assert [p.name for p in cached] == ["catdog"]

@@ -424,7 +424,8 @@ def keras_cache_path(path: str | os.PathLike[str]) -> Path:
     labels = sidecar_labels_file(p)
     if labels is not None:
         h.update(b"\nlabels\n" + sha256_file(labels).encode())
-    return cache_dir() / f"keras-{package_name(p)}-{h.hexdigest()[:16]}"
+    # The last component is the package name, which is what `imgclf serve` shows for it.
+    return cache_dir() / "keras" / h.hexdigest()[:24] / package_name(p)
 
 
 def cached_keras_package(path: str | os.PathLike[str]) -> Path | None:
