@@ -345,3 +345,19 @@ def test_ensure_keras_package_imports_once_keyed_by_content(tmp_path, monkeypatc
     assert second.path != first.path and second.labels == ["x", "y", "z"]
     with pytest.raises(Exception, match="--weights applies to zoo models"):
         ensure_package(str(path), weights="w.pth")
+
+
+def test_evaluate_takes_a_keras_file(tmp_path, monkeypatch, capsys, sample_jpegs):
+    monkeypatch.setenv("IMGCLF_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    for label, names in {"red": ["chelsea", "coffee"], "green": ["rocket", "china"], "blue": ["flower"]}.items():
+        (data / label).mkdir(parents=True)
+        for n in names:
+            (data / label / f"{n}.jpg").write_bytes(sample_jpegs[n].read_bytes())
+    path = save_both(tiny_cnn(), tmp_path / "m", stem="shapes")["keras"]
+    (path.parent / "labels.txt").write_text("\n".join(LABELS3) + "\n")
+    code, out, err = run_cli(capsys, "evaluate", str(path), "--data", str(data), "--split", "train",
+                             "--out", str(tmp_path / "eval"))
+    assert code == 0, err
+    assert "shapes on data" in out and "accuracy" in out
+    assert (tmp_path / "eval" / "metrics.json").is_file()

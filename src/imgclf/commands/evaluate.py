@@ -12,7 +12,8 @@ HELP = "accuracy, top-5, per-class precision/recall and a confusion matrix of a 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model package directory, a training checkpoint (.pt) or a zoo model name")
+    p.add_argument("model", help="model package directory, a training checkpoint (.pt), a Keras model file "
+                                   "(.h5/.keras) or a zoo model name")
     p.add_argument("--data", help="dataset (same forms as 'imgclf train --data')")
     p.add_argument("--format", default="auto", choices=["auto", "cifar10", "folder", "idx", "fashion-mnist", "mnist"])
     p.add_argument("--split", choices=["test", "val", "train"], help="default: test, else val")
@@ -28,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _engine(model: str):  # noqa: ANN202 - an Engine
     """A checkpoint file runs in torch; a package on ONNX Runtime; a zoo name in torch."""
+    from imgclf.importers import is_keras_file
+
     path = Path(model)
-    if path.is_file():
+    if path.is_file() and not is_keras_file(path):  # a Keras model file goes through load_engine
         from imgclf.preprocess import PreprocessSpec
         from imgclf.torch_engine import TorchEngine
         from imgclf.train.loop import load_checkpoint

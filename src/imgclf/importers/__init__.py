@@ -13,6 +13,8 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
-    """A ``--model`` argument that names a Keras model file (``.h5``/``.hdf5``/``.keras``)."""
+    """A ``--model`` argument that names a Keras model file (``.h5``/``.hdf5``/``.keras``).
+
+    By name, so a missing file is reported as one (not looked up as a zoo model)."""
     p = Path(path)
-    return p.suffix.lower() in KERAS_SUFFIXES and p.is_file()
+    return p.suffix.lower() in KERAS_SUFFIXES and not p.is_dir()

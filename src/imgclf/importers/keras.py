@@ -10,6 +10,7 @@ by the file's content (:func:`ensure_keras_package`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -18,6 +19,7 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,6 +332,27 @@ def import_keras(
     return KerasImportReport(package, base.base.name if base else None, origin, activation, diff)
 
 
+@contextlib.contextmanager
+def _silenced_output() -> Iterator[None]:
+    """On failure the TorchScript exporter prints the whole graph from C++ (file descriptors 1
+    and 2, out of Python's reach); the user needs none of it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def export_model(module: Any, spec: PreprocessSpec, path: Path, output_name: str, source: str) -> None:
     """ONNX with a dynamic batch dimension: the TorchScript exporter (quick, exact for plain CNNs),
     else torch.export, which also takes layers whose shapes the tracer cannot keep static
@@ -339,7 +362,8 @@ def export_model(module: Any, spec: PreprocessSpec, path: Path, output_name: str
     from imgclf.export import OPSET, export_onnx
 
     try:
-        export_onnx(module, spec, path, output_name=output_name)
+        with _silenced_output():
+            export_onnx(module, spec, path, output_name=output_name)
         return
     except Exception:  # noqa: BLE001, S110 - the second exporter gets its chance below
         pass
