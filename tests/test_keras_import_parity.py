@@ -180,11 +180,15 @@ def test_serve_keras_file_answers_cat_or_dog(tmp_path, sample_jpegs):
     (tmp_path / "catdog.labels.txt").write_text("cat\ndog\n")
     env = {"IMGCLF_HOME": str(tmp_path / "home")}
     with live_server("--model", str(path), env=env, ready_timeout_s=240) as server:
+        maps = open(f"/proc/{server.proc.pid}/maps").read()
+        assert "libtorch" not in maps  # the import ran in a child; the server never loaded torch
+        assert "<title>imgclf" in httpx.get(server.url + "/").text  # the web page
         with open(sample_jpegs["chelsea"], "rb") as f:
             r = httpx.post(f"{server.url}/predict", files={"file": ("chelsea.jpg", f, "image/jpeg")}, timeout=60)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == "catdog"
         assert {p["label"] for p in body["predictions"][0]} == {"cat", "dog"}
+    assert "importing" in server.output() and "catdog.h5" in server.output()
     cached = list((tmp_path / "home" / "packages" / "keras").glob("*/*"))
     assert [p.name for p in cached] == ["catdog"]
