@@ -170,6 +170,15 @@ def test_label_count_must_match(tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_import_command_finds_the_labels_file_beside_the_model(tmp_path, capsys):
+    path = save_both(tiny_cnn(), tmp_path, stem="shapes")["h5"]
+    (tmp_path / "shapes.labels.txt").write_text("\n".join(LABELS3) + "\n")
+    code, out, err = run_cli(capsys, "import", str(path), "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    assert "shapes v1, 3 labels, output probabilities, input 3x48x48" in out
+    assert "the model rescales them itself" in out
+
+
 # ------------------------------------------------------------------ what imgclf refuses, in one line
 
 @pytest.fixture(scope="module")

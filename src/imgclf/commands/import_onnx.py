@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a whole Keras model (.h5 or .keras: architecture and weights), or an ONNX file "
                         "with one NCHW image input and one (batch, classes) output")
     p.add_argument("--labels", help="labels file: one per line, in output order (or a JSON list). Required for "
-                                    "ONNX; for Keras, default ImageNet's for a 1000-way head")
+                                    "ONNX; for Keras, default MODEL.labels.txt beside the file, or ImageNet's "
+                                    "for a 1000-way head")
     p.add_argument("--out", required=True, help="package directory to write")
     p.add_argument("--name", help="model name (default: the file's stem)")
     p.add_argument("--version", default="1")
@@ -51,10 +52,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_keras(args: argparse.Namespace) -> int:
-    from imgclf.importers.keras import import_keras
+    from imgclf.importers.keras import import_keras, sidecar_labels_file
     from imgclf.package import read_labels_file
 
-    labels = read_labels_file(args.labels) if args.labels else None
+    labels_file = args.labels or sidecar_labels_file(args.model)  # model.labels.txt beside the model
+    labels = read_labels_file(labels_file) if labels_file else None
     try:
         report = import_keras(args.model, args.out, labels=labels, name=args.name, version=args.version,
                               overrides=_overrides(args), caffe=args.caffe, output_kind=args.output_kind)
