@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -89,11 +90,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# Layer classes Keras' own applications define outside keras.layers (module, class name).
+_APPLICATION_LAYERS = (("keras.src.applications.convnext", "LayerScale"),
+                       ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"))
+
+
+def application_layers() -> dict[str, type]:
+    """ConvNeXt's LayerScale and InceptionResNetV2's CustomScaleLayer: part of Keras, but not
+    registered, so an HDF5 file (which stores no module names) cannot find them by itself."""
+    found: dict[str, type] = {}
+    for module, name in _APPLICATION_LAYERS:
+        try:
+            found[name] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):  # another Keras version: the layer check names them
+            continue
+    return found
+
+
 def load_keras_model(kfile: KerasFile) -> Any:
     """Load the model with Keras (safe mode: nothing in the file runs), after refusing the layers
     imgclf cannot import with a message that names them."""
     keras = load_keras()
-    check_layers(kfile, lambda cls: isinstance(getattr(keras.layers, cls, None), type))
+    own = application_layers()
+    check_layers(kfile, lambda cls: cls in own or isinstance(getattr(keras.layers, cls, None), type))
     suffix = ".keras" if kfile.format == "keras" else ".h5"
     with tempfile.TemporaryDirectory(prefix="imgclf-keras-") as tmp:
         path = kfile.path
@@ -104,7 +123,7 @@ def load_keras_model(kfile: KerasFile) -> Any:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return keras.models.load_model(path, compile=False, safe_mode=True)
+                return keras.models.load_model(path, custom_objects=own, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - Keras raises many types; the user needs one line
             raise KerasImportError(f"{kfile.path.name}: Keras cannot load the model: {_first_line(exc)}") from None
 
