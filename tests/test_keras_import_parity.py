@@ -163,6 +163,10 @@ def test_base_is_detected_with_or_without_its_model_name(tmp_path):
     assert found.base.name == "MobileNetV2" and found.variant.startswith("mobilenetv2_")
     plain = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(3)])
     assert detect_base(plain) is None
+    # A user's own model that merely carries an application's name is not that application.
+    named = keras.Sequential([keras.Input((32, 32, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(3)],
+                             name="vgg16")
+    assert detect_base(named) is None
 
 
 @pytest.mark.slow

@@ -102,8 +102,10 @@ def detect_base(model: Any) -> DetectedBase | None:
     """The ``keras.applications`` model this one is built on, by nested model name or layer names."""
     models = [model] + [layer for layer in iter_layers(model) if hasattr(layer, "layers")]
     for m in models:
+        inside = {layer.name for layer in iter_layers(m)}
         for base in BASES:
-            if re.fullmatch(base.model_name, m.name):
+            # The name alone could be the user's; the family's layers must be there too.
+            if re.fullmatch(base.model_name, m.name) and base.markers <= inside:
                 return DetectedBase(base, m.name)
     names = {layer.name for layer in iter_layers(model)}
     for base in BASES:
