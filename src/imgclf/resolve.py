@@ -4,6 +4,8 @@ A model argument is one of:
 
 * a **model package** directory (``model.json`` + ``model.onnx``): runs on ONNX Runtime, no torch;
 * a **training checkpoint** file (``last.pt``/``best.pt`` of ``imgclf train``): runs in torch;
+* a **Keras model file** (``.h5``/``.keras``): imported once into the package cache
+  (:mod:`imgclf.importers`), then served like a package;
 * a **zoo name** (``imgclf models``): runs in torch, or is exported once into the package cache
   when a package is needed (the server, ``engine="onnxruntime"``);
 * with a server's model directory, the name of a package in it.
@@ -22,17 +24,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imgclf.errors import UnknownModelError, UserError
+from imgclf.importers import is_keras_file
 from imgclf.package import ModelPackage, PackageError, cache_dir, is_package_dir, load_package
 
 if TYPE_CHECKING:
     from imgclf.engine import Engine
     from imgclf.zoo.registry import ZooEntry
 
-ModelKind = Literal["package", "checkpoint", "zoo"]
+ModelKind = Literal["package", "checkpoint", "keras", "zoo"]
 # Which runtime runs the model: "auto" is ONNX Runtime for packages and torch for zoo names and
 # checkpoints (no export step before the first answer).
 Runtime = Literal["auto", "onnxruntime", "torch"]
 RUNTIMES: tuple[Runtime, ...] = ("auto", "onnxruntime", "torch")
+
+
+KIND_WORDS: dict[ModelKind, str] = {"package": "package directory", "checkpoint": "checkpoint",
+                                     "keras": "Keras model file", "zoo": "zoo model"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class ModelRef:
 
     arg: str
     kind: ModelKind
-    path: Path | None = None  # the package directory or checkpoint file
+    path: Path | None = None  # the package directory, checkpoint or Keras file
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ def looks_like_path(arg: str) -> bool:
 
 def locate(arg: str, *, model_dir: str | os.PathLike[str] | None = None) -> ModelRef:
     """Classify ``arg``; a path that names nothing usable is a :class:`~imgclf.package.PackageError`."""
+    if is_keras_file(arg):
+        if not Path(arg).is_file():
+            raise PackageError(f"Keras model file not found: {arg}")
+        return ModelRef(arg, "keras", Path(arg))
     if looks_like_path(arg):
         path = Path(arg)
         if path.is_file():
@@ -97,7 +108,12 @@ def open_model(arg: str, *, weights: str | None = None, threads: int | None = No
         raise UserError(f"engine must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     ref = locate(arg, model_dir=model_dir)
     if weights and ref.kind != "zoo":
-        raise UserError(f"--weights applies to zoo models, not to a {'package directory' if ref.kind == 'package' else 'checkpoint'}")
+        raise UserError(f"--weights applies to zoo models, not to a {KIND_WORDS[ref.kind]}")
+    if ref.kind == "keras":
+        if runtime == "torch":
+            raise UserError(f"{arg} is a Keras model file, which is imported into a package for ONNX Runtime, "
+                            "not run in torch")
+        return _package_model(ref, ensure_package(arg), threads)
     if ref.kind == "package":
         if runtime == "torch":
             raise UserError(f"{arg} is a model package, which runs on ONNX Runtime, not torch")
@@ -162,6 +178,12 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     which runs the export in a separate process.
     """
     ref = locate(model)
+    if ref.kind == "keras":
+        if weights:
+            raise UserError("--weights applies to zoo models, not to a Keras model file")
+        from imgclf.importers.keras import ensure_keras_package
+
+        return ensure_keras_package(model, quiet=quiet)
     if ref.kind == "checkpoint":
         raise PackageError(f"{model} is not a model package (a folder with model.json and model.onnx); "
                            "a training run writes its package to the run's package/ folder")
@@ -186,7 +208,8 @@ def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None
     """Model arguments -> package directories, without importing torch in this process (the server).
 
     No arguments means every package in ``model_dir``, else the default zoo model. Zoo names found
-    neither in ``model_dir`` nor in the package cache are exported by a spawned child process.
+    neither in ``model_dir`` nor in the package cache, and Keras files not imported before, are
+    exported by a spawned child process.
     """
     from imgclf.zoo.registry import DEFAULT_MODEL
 
@@ -202,7 +225,17 @@ def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None
         ref = locate(arg, model_dir=model_dir)
         if ref.kind == "checkpoint":
             raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
-        if ref.path is not None:
+        if ref.kind == "keras":
+            from imgclf.importers.keras import (
+                cached_keras_package,  # reads the cache only: no Keras, no torch
+            )
+
+            cached = cached_keras_package(arg)
+            if cached is not None:
+                found[arg] = cached
+            else:
+                to_export.append(arg)
+        elif ref.path is not None:
             found[arg] = ref.path
         elif is_package_dir(cache_dir() / arg):
             found[arg] = cache_dir() / arg
@@ -213,7 +246,8 @@ def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None
 
 
 def _export_one(model: str) -> str:
-    """Runs in the spawned child: export a zoo model to the package cache (torch is imported there)."""
+    """Runs in the spawned child: export a zoo model or import a Keras file into the package cache
+    (torch is imported there)."""
     return str(ensure_package(model).path)
 
 

@@ -15,7 +15,8 @@ HELP = "accuracy, top-5, per-class precision/recall and a confusion matrix of a 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model package directory, a training checkpoint (.pt) or a zoo model name")
+    p.add_argument("model", help="model package directory, a training checkpoint (.pt), a Keras model file "
+                                   "(.h5/.keras) or a zoo model name")
     p.add_argument("--data", help="dataset (same forms as 'imgclf train --data')")
     p.add_argument("--format", default="auto", choices=["auto", "cifar10", "folder", "idx", "fashion-mnist", "mnist"])
     p.add_argument("--split", choices=["test", "val", "train"], help="default: test, else val")

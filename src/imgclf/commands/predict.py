@@ -20,7 +20,8 @@ HELP = "classify image files or folders with a zoo model or a model package"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders (folders are searched recursively)")
     p.add_argument("--model", "-m", default=None,
-                   help="zoo model name or package directory (default: efficientnet_lite0)")
+                   help="zoo model name, package directory or Keras model file (.h5/.keras) "
+                        "(default: efficientnet_lite0)")
     p.add_argument("--weights", metavar="FILE", help="local weights for a zoo model (.pth, .safetensors, .h5)")
     p.add_argument("--top-k", "-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--batch-size", type=int, default=16)

@@ -14,7 +14,7 @@ HELP = "serve models over HTTP: REST API, Open Inference Protocol (KServe V2), w
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", action="append", default=[], metavar="NAME|PACKAGE_DIR",
-                   help="zoo model name or package directory; repeat for several (the first is the default "
+                   help="zoo model name, package directory or Keras model file (.h5/.keras); repeat for several (the first is the default "
                         "model). Default: every package in --model-dir, else efficientnet_lite0")
     p.add_argument("--model-dir", metavar="DIR",
                    help="folder of model packages that the management API can load and unload by name")
