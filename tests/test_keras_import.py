@@ -87,7 +87,7 @@ def test_model_with_own_rescaling_matches_keras(tmp_path, photos, fmt):
     assert (spec.input_size, spec.resize_mode, spec.interpolation) == (48, "squash", "nearest")
     assert "rescal" in report.preprocessing
     assert pkg.meta.output_kind == "probabilities" and pkg.labels == LABELS3
-    prov = pkg.meta.provenance
+    prov = pkg.meta.provenance.to_dict()  # the record as model.json holds it
     assert prov["source"] == path.name and len(prov["source_sha256"]) == 64
     assert prov["keras_version"] == keras.__version__ and prov["saved_by_keras"] == keras.__version__
     assert prov["source_format"] == ("hdf5" if fmt == "h5" else "keras")
@@ -312,8 +312,8 @@ def test_tf_keras2_hdf5_file_matches_an_independent_forward_pass(tmp_path, photo
     write_tf2_h5(path, kernel, bias, dense_k, dense_b)
     report = import_keras(path, tmp_path / "pkg", labels=["a", "b", "c", "d"])
     pkg = report.package
-    assert pkg.name == "colab_model" and pkg.meta.provenance["saved_by_keras"] == "2.15.0"
-    assert pkg.meta.provenance["saved_backend"] == "tensorflow"
+    assert pkg.name == "colab_model" and pkg.meta.provenance.extra["saved_by_keras"] == "2.15.0"
+    assert pkg.meta.provenance.extra["saved_backend"] == "tensorflow"
     probs, pixels = package_outputs(pkg, photos)
     ref = numpy_forward(pixels, kernel, bias, dense_k, dense_b)
     np.testing.assert_allclose(probs, ref, atol=1e-5)

@@ -93,10 +93,10 @@ def locate(arg: str, *, model_dir: str | os.PathLike[str] | None = None) -> Mode
 
 def zoo_entry(name: str) -> ZooEntry:
     """The zoo entry ``name``; an unknown name is an :class:`~imgclf.errors.UnknownModelError`."""
-    from imgclf.zoo import registry
+    from imgclf import zoo
 
     try:
-        return registry.get(name)
+        return zoo.get(name)
     except KeyError as exc:  # the registry reports an unknown name as a KeyError with a readable message
         raise UnknownModelError(str(exc.args[0]) if exc.args else f"unknown model {name!r}") from None
 

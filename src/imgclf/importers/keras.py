@@ -35,7 +35,15 @@ from imgclf.importers.keras_detect import (
     spec_for_mode,
 )
 from imgclf.importers.keras_file import KerasFile, KerasImportError, check_layers, read_keras_file
-from imgclf.package import ModelPackage, PackageMeta, cache_dir, is_package_dir, load_package, sha256_file
+from imgclf.package import (
+    ModelPackage,
+    PackageMeta,
+    Provenance,
+    cache_dir,
+    is_package_dir,
+    load_package,
+    sha256_file,
+)
 from imgclf.package import package_name as valid_name
 from imgclf.preprocess import PreprocessSpec, caffe_spec
 
@@ -318,7 +326,7 @@ def import_keras(
         onnx_path = Path(tmp) / "model.onnx"
         export_model(module, spec, onnx_path, output_name, source)
         try:
-            diff, top_keras, top_onnx = verify_onnx(module, onnx_path, spec, check_image)
+            diff, top_keras, top_onnx, _scale = verify_onnx(module, onnx_path, spec, check_image)
             diff = max(diff, _batch_size_check(module, onnx_path, spec, check_image))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are long; one line is enough
             raise KerasImportError(f"{source}: the exported ONNX model does not run: {_first_line(exc)}") from None
@@ -330,22 +338,25 @@ def import_keras(
             raise KerasImportError(
                 f"{source}: ONNX Runtime disagrees with Keras (max abs diff {diff:.3g}, top-1 {top_onnx} vs {top_keras})"
             )
-        provenance = {
-            "architecture": f"keras:{base.variant if base else model.name}",
-            "source": source,
-            "source_sha256": sha256_file(kfile.path),
-            "source_format": "keras" if kfile.format == "keras" else "hdf5",
-            "saved_by_keras": kfile.keras_version,
-            "saved_backend": kfile.backend,
-            "keras_version": load_keras().__version__,
-            "base": base.base.name if base else None,
-            "preprocessing": origin,
-            "output_activation": activation,
-            "binary_head": binary,
-            "labels": label_source,
-            "weights": source,
-            "export_check": {"max_abs_diff": diff, "onnx_opset": OPSET},
-        }
+        provenance = Provenance(
+            architecture=f"keras:{base.variant if base else model.name}",
+            task="import",
+            source=source,
+            weights=source,
+            export_check={"max_abs_diff": diff, "onnx_opset": OPSET},
+            extra={
+                "source_sha256": sha256_file(kfile.path),
+                "source_format": "keras" if kfile.format == "keras" else "hdf5",
+                "saved_by_keras": kfile.keras_version,
+                "saved_backend": kfile.backend,
+                "keras_version": load_keras().__version__,
+                "base": base.base.name if base else None,
+                "preprocessing": origin,
+                "output_activation": activation,
+                "binary_head": binary,
+                "labels": label_source,
+            },
+        )
         meta = PackageMeta(name=name or package_name(kfile.path), labels=label_list, preprocess=spec,
                            version=version, output_name=output_name, output_kind=kind, provenance=provenance)
         package = write_package(out_dir, onnx_path, meta)
