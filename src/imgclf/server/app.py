@@ -15,9 +15,9 @@ from pydantic.json_schema import models_json_schema
 
 from imgclf import __version__
 from imgclf.server import api_v1, api_v2, management, web
+from imgclf.server.auth import MANAGEMENT_OFF
 from imgclf.server.config import ServerConfig
 from imgclf.server.errors import install_error_handlers
-from imgclf.server.auth import MANAGEMENT_OFF
 from imgclf.server.middleware import BodyGuardMiddleware, MetricsMiddleware
 from imgclf.server.schemas import InferenceRequest
 from imgclf.server.state import AppState
