@@ -108,9 +108,10 @@ def loads(data: bytes, what: str) -> Any:
 
 
 def decode_base64(text: str, what: str) -> bytes:
-    """Strict base64 (the alphabet, padding only at the end), decoded in slices.
+    """Strict base64 (RFC 4648: the alphabet, whole groups of four, padding only at the end), in slices.
 
-    Accepts exactly what ``base64.b64decode(text, validate=True)`` accepts.
+    Accepts exactly the strings :data:`imgclf.server.schemas.BASE64_PATTERN` matches (Python's own
+    decoders also let excess padding through, as in ``"AAAA="``).
     """
     bad = bad_request(f"{what}: not valid base64")
     if len(text) % 4 or not text.isascii() or text.find("=", 0, max(0, len(text) - 2)) != -1:

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from imgclf.server.config import ServerConfig
     from imgclf.server.registry import ServedModel
 
-# Exactly what the server's base64 decoding accepts (base64.b64decode(validate=True)): whole groups of
-# four, padding only at the end.
+# Exactly what the server's base64 decoding accepts (strict RFC 4648): whole groups of four, padding
+# only at the end.
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # imgclf.package.check_name's rule without look-around (which JSON Schema tools read differently):
 # 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, never two dots in a row.
