@@ -4,12 +4,19 @@ The server runs model packages on ONNX Runtime and never imports torch. Build an
 :func:`imgclf.server.app.create_app`; ``imgclf serve`` runs it under uvicorn.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from imgclf.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["ServerConfig", "create_app"]
 
 
-def create_app(config: ServerConfig):  # noqa: ANN201 - FastAPI is imported lazily
+def create_app(config: ServerConfig) -> FastAPI:  # FastAPI is imported lazily
     from imgclf.server.app import create_app as _create_app
 
     return _create_app(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +98,7 @@ def error_body(path: str, code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(request: Request, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     request.scope[ERROR_CODE_KEY] = code
     return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,7 +37,7 @@ class _Throughput:
                 out[model] = sum(n for _, n in events) / self.window_s
         return out
 
-    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
+    def collect(self) -> Iterator[Metric]:  # prometheus_client collector protocol
         g = GaugeMetricFamily("imgclf_images_per_second", f"Images classified per second over the last "
                               f"{self.window_s:.0f} s", labels=["model"])
         for model, rate in self.rates().items():
@@ -78,7 +78,7 @@ class Metrics:
         """``depths()`` gives the loaded models and their queue depths at scrape time."""
         self._depths = depths
 
-    def _collect_models(self):  # noqa: ANN202
+    def _collect_models(self) -> Iterator[Metric]:
         depths = self._depths()
         loaded = GaugeMetricFamily("imgclf_models_loaded", "Models loaded and warmed up")
         loaded.add_metric([], len(depths))
@@ -88,7 +88,7 @@ class Metrics:
             g.add_metric([model], depth)
         yield g
 
-    def on_batch(self, model: str):  # noqa: ANN201 - returns the batcher's callback
+    def on_batch(self, model: str) -> Callable[[int, list[float], float], None]:  # the batcher's callback
         queue_time = self.queue_time.labels(model)
         inference = self.inference_time.labels(model)
         batch_size = self.batch_size.labels(model)

@@ -23,7 +23,8 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    return request.app.state.imgclf
+    state: AppState = request.app.state.imgclf
+    return state
 
 
 def use_model(request: Request, name: str | None, *, inference: bool = False) -> ServedModel:

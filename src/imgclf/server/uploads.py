@@ -8,7 +8,7 @@ JSON bodies are read whole (the body guard caps their size) and parsed off the e
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -18,6 +18,9 @@ from imgclf.server.config import ServerConfig
 from imgclf.server.errors import ApiError, bad_request
 from imgclf.server.inference import Upload
 from imgclf.server.parsing import body_deadline, decode_base64, loads, off_loop, read_body
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 IMAGE_FIELD = "file"
 # Text fields a multipart body may carry beside its files (a browser form may add a few).
@@ -80,7 +83,7 @@ class _Parts:
         self.data: bytearray | None = None  # the current part's bytes, when it is a file named "file"
         self.name = b""
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.part_begin,
             "on_header_field": lambda d, s, e: self.header_name.extend(d[s:e]),
