@@ -123,9 +123,10 @@ def _parse_request(body: bytes, header_length: str | None, limit: int) -> tuple[
             raise bad_request(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
         if not 0 < n <= len(body):
             raise bad_request(f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
-        head, binary = body[:n], body[n:]
+        view = memoryview(body)  # slices of the binary section without copying megabytes
+        head, binary = bytes(view[:n]), view[n:]
     else:
-        head, binary = body, b""
+        head, binary = body, memoryview(b"")
     doc = loads(head, "the inference request")
     try:
         req = InferenceRequest.model_validate(doc)
@@ -143,7 +144,7 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def _images(req: InferenceRequest, binary: bytes, limit: int) -> list[Upload]:
+def _images(req: InferenceRequest, binary: memoryview, limit: int) -> list[Upload]:
     inp = req.inputs[0]  # the schema allows exactly one input, named "image", of BYTES
     shape = inp.shape
     if len(shape) == 2 and shape[1] != 1:

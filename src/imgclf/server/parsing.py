@@ -126,7 +126,7 @@ def decode_base64(text: str, what: str) -> bytes:
     return bytes(out)
 
 
-def split_bytes_elements(blob: bytes, count: int) -> list[bytes]:
+def split_bytes_elements(blob: bytes | memoryview, count: int) -> list[bytes]:
     """A BYTES tensor in binary form: ``count`` elements, each a 4-byte little-endian length, then the bytes.
 
     Reads no more than ``count`` length prefixes, so a body of millions of empty elements costs
@@ -141,7 +141,7 @@ def split_bytes_elements(blob: bytes, count: int) -> list[bytes]:
         pos += 4
         if pos + n > len(blob):
             raise bad_request("binary BYTES data is truncated (element longer than the data)")
-        out.append(blob[pos:pos + n])
+        out.append(bytes(blob[pos:pos + n]))
         pos += n
     if pos != len(blob):
         raise bad_request(f"binary BYTES data holds more than the {count} elements the input's shape says")
