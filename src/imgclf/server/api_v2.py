@@ -150,8 +150,6 @@ def _images(req: InferenceRequest, binary: memoryview, limit: int) -> list[Uploa
     if len(shape) == 2 and shape[1] != 1:
         raise bad_request(f"input shape must be [N] or [N, 1] (N images), got {shape}")
     count = shape[0]
-    if count == 0:
-        raise bad_request("the input's shape says 0 images; send at least one")
     if count > limit:
         raise ApiError(413, "too_many_images", f"{count} images in one request; the limit is {limit}")
     size = inp.parameters.binary_data_size if inp.parameters is not None else None

@@ -44,6 +44,9 @@ def _limit_image_counts(doc: dict[str, Any], limit: int) -> None:
                 prop = schema.get("properties", {}).get(key)
                 if prop is not None and prop.get("type") == "array":
                     prop["maxItems"] = limit
+    shape = doc.get("components", {}).get("schemas", {}).get("RequestInput", {}).get("properties", {}).get("shape")
+    if shape is not None:
+        shape["items"]["maximum"] = limit  # [N] or [N, 1]: N images, at most the limit
 
 
 def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:

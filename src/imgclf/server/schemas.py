@@ -151,7 +151,7 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-ImageCount = Annotated[StrictInt, Field(ge=0, le=MAX_SHAPE_DIM)]
+ImageCount = Annotated[StrictInt, Field(ge=1, le=MAX_SHAPE_DIM)]
 
 
 class InputParameters(BaseModel):
