@@ -197,3 +197,7 @@ def test_a_full_queue_is_answered_before_the_body_is_read(serve_model_dir, jpg):
         r = c.post("/v1/models/tiny/predict", content=jpg, headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 200
         assert batcher.depth == 0  # every slot was given back
+        metrics = c.get("/metrics").text  # refusals before routing are counted under their route
+        for endpoint in ("/v1/models/{name}/predict", "/v2/models/{name}/infer"):
+            assert (f'imgclf_errors_total{{code="queue_full",endpoint="{endpoint}",model="tiny",status="429"}} 1.0'
+                    in metrics), metrics

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from imgclf import __version__
 from imgclf.server import api_v1, api_v2, management, web
+from imgclf.server.admission import AdmissionGate
 from imgclf.server.auth import MANAGEMENT_OFF
 from imgclf.server.config import ServerConfig
 from imgclf.server.errors import install_error_handlers
@@ -97,6 +98,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         middleware=[
             Middleware(MetricsMiddleware, metrics=state.metrics),
             Middleware(BodyGuardMiddleware, max_body_bytes=config.max_body_bytes),
+            Middleware(AdmissionGate, registry=state.registry),
         ],
     )
     app.state.imgclf = state

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.server.errors import ERROR_CODE_KEY, ApiError, error_body
 from imgclf.server.metrics import Metrics
-from imgclf.server.state import INFER_KEY, MODEL_KEY
+from imgclf.server.state import ENDPOINT_KEY, INFER_KEY, MODEL_KEY
 
 # Lingering close: what is read and thrown away after an early answer before the connection closes.
 DRAIN_MIN_BYTES = 64 * 1024 * 1024  # at least this much (or twice the body limit, if more)
@@ -190,7 +190,7 @@ class MetricsMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
+        endpoint = getattr(route, "path", None) or scope.get(ENDPOINT_KEY) or "unmatched"
         model = scope.get(MODEL_KEY, "")
         m = self.metrics
         m.requests.labels(model, endpoint, str(status)).inc()
