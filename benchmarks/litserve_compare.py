@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,10 +96,11 @@ class LitServeServer:
         self.log = tempfile.NamedTemporaryFile(prefix="litserve-bench-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([sys.executable, __file__, "--litserve-child", str(package), str(self.port),
                                      str(max_batch_size), str(batch_timeout_s)],
-                                    stdout=self.log, stderr=subprocess.STDOUT)
+                                    stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 sys.exit("LitServe exited:\n" + Path(self.log.name).read_text()[-3000:])
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
@@ -110,12 +112,19 @@ class LitServeServer:
         sys.exit("LitServe did not become ready")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        os.unlink(self.log.name)
+        # LitServe runs its API servers and inference workers as child processes: end the whole group.
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                time.sleep(0.5)  # let the group's other processes go too
+            except subprocess.TimeoutExpired:
+                continue
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
 
 
 def main() -> int:
@@ -143,9 +152,13 @@ def main() -> int:
     name = load_package(package).name
     with tempfile.TemporaryDirectory() as tmp:
         images = read_images(args.images, Path(tmp))
-    imgclf = Server(package, "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms))
-    lit = LitServeServer(package, args.max_batch_size, args.max_delay_ms / 1000)
     results: dict[str, list[tuple[float, float, int]]] = {"imgclf": [], "LitServe": []}
+    imgclf = Server(package, "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms))
+    try:
+        lit = LitServeServer(package, args.max_batch_size, args.max_delay_ms / 1000)
+    except SystemExit:
+        imgclf.stop()
+        raise
     try:
         for _ in range(args.rounds):
             for label, port, path in (("imgclf", imgclf.port, f"/v1/models/{name}/predict?top_k=5"),
