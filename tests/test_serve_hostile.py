@@ -201,3 +201,14 @@ def test_a_full_queue_is_answered_before_the_body_is_read(serve_model_dir, jpg):
         for endpoint in ("/v1/models/{name}/predict", "/v2/models/{name}/infer"):
             assert (f'imgclf_errors_total{{code="queue_full",endpoint="{endpoint}",model="tiny",status="429"}} 1.0'
                     in metrics), metrics
+
+
+def test_65_files_at_the_default_limit_are_413_too_many_images(serve_model_dir, jpg):
+    # The documented case: the default --max-images is 64.
+    with TestClient(create_app(ServerConfig(models=(str(serve_model_dir / "tiny"),)))) as c:
+        wait_ready(c)
+        files = [("file", (f"{i}.jpg", jpg, "image/jpeg")) for i in range(65)]
+        err = assert_error(c.post("/predict", files=files), 413, "too_many_images")
+        assert "limit is 64" in err["message"]
+        assert c.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"][
+            "multipart/form-data"]["schema"]["properties"]["file"]["maxItems"] == 64
