@@ -148,10 +148,11 @@ def test_server_loads_the_package_by_name_without_restart(run, tmp_path):
     shutil.copytree(run["pkg"], repo / "shapes")
     files = _fresh_images(tmp_path, per_class=1)
     engine = OnnxEngine(load_package(run["pkg"]))
-    with TestClient(create_app(ServerConfig(model_dir=str(repo)))) as client:
-        rows = client.post("/v2/repository/index").json()
+    key = {"X-API-Key": "test-key"}  # the management API is off without a key
+    with TestClient(create_app(ServerConfig(model_dir=str(repo), api_key="test-key"))) as client:
+        rows = client.post("/v2/repository/index", headers=key).json()
         assert {"name": "shapes", "state": "UNAVAILABLE"}.items() <= rows[0].items()
-        r = client.post("/v2/repository/models/shapes/load")
+        r = client.post("/v2/repository/models/shapes/load", headers=key)
         assert r.status_code == 200, r.text
         assert r.json()["labels"] == ["circles", "squares", "triangles"]
         for fs in files.values():

@@ -131,10 +131,19 @@ def test_readiness_follows_the_loaded_models(client):
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
-def test_without_a_key_management_is_open(repo):
-    with TestClient(create_app(ServerConfig(models=(str(repo / "tiny"),), model_dir=str(repo)))) as c:
-        wait_ready(c)
-        assert c.post("/v2/repository/index").status_code == 200
+def test_without_a_key_management_is_off(repo, caplog, jpg):
+    with caplog.at_level("WARNING", logger="imgclf.server"):
+        with TestClient(create_app(ServerConfig(models=(str(repo / "tiny"),), model_dir=str(repo)))) as c:
+            wait_ready(c)
+            for path in ("/v2/repository/index", "/v2/repository/models/tiny/unload",
+                         "/v2/repository/models/tiny2/load"):
+                err = assert_error(c.post(path, headers=AUTH), 403, "management_disabled")
+                assert "--api-key" in err["message"] and "IMGCLF_API_KEY" in err["message"]
+            # Nothing was unloaded: the model still answers.
+            r = c.post("/predict", content=jpg, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200
+    # The log says so at start.
+    assert any("management API is off" in r.getMessage() and "--api-key" in r.getMessage() for r in caplog.records)
 
 
 def test_ready_only_after_every_model_is_warmed_up(repo):

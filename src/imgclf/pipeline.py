@@ -66,7 +66,7 @@ def classify_files(engine: Engine, files: list[Path], *, k: int = 5, batch_size:
 
     Decoding runs on a small thread pool (PIL releases the GIL) while the engine works.
     """
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     if progress is None:
         progress = sys.stderr.isatty() and len(files) > batch_size

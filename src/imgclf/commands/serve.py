@@ -25,13 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest a batch waits for more images already on their way (default 5)")
     p.add_argument("--queue-size", type=int, default=128,
                    help="images waiting per model before requests get 429 (default 128)")
-    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds, then 504 (default 30)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="per-request timeout in seconds: 408 for a body, 504 for inference (default 30)")
     p.add_argument("--workers-threads", "--decode-threads", dest="decode_threads", type=int, default=None,
                    metavar="N", help="threads that decode and preprocess images (default: the CPU count)")
     p.add_argument("--ort-threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads per model (default: the CPU count)")
     p.add_argument("--api-key", default=os.environ.get("IMGCLF_API_KEY"),
-                   help="key the management API requires (default: $IMGCLF_API_KEY; none: management is open)")
+                   help="key the management API (load/unload models) requires (default: $IMGCLF_API_KEY); without one, management is off (403)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -96,7 +96,7 @@ def evaluate_split(engine: Engine, dataset: RawDataset, split: str, output: Spli
         raise UserError(f"{dataset.root} has no {split} split (it has: {', '.join(dataset.splits)})")
     files = data.files
     errors = [(dataset.relative(files[i]) if files is not None else str(i), err) for i, err in output.failed]
-    return compute_metrics(split, dataset.classes, engine.labels, output.targets(data), output.probs, errors)
+    return compute_metrics(split, dataset.classes, list(engine.labels), output.targets(data), output.probs, errors)
 
 
 def evaluate_engine(engine: Engine, dataset: RawDataset, split: str = "test", *, batch_size: int = 64,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerConfig", "create_app"]
 
 
-def create_app(config: ServerConfig) -> FastAPI:  # FastAPI is imported on first use
+def create_app(config: ServerConfig) -> FastAPI:  # FastAPI is imported lazily
     from imgclf.server.app import create_app as _create_app
 
     return _create_app(config)

@@ -4,46 +4,47 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 
+from imgclf.engine import top_k
+from imgclf.server.admission import admitted
 from imgclf.server.errors import error_responses
-from imgclf.server.inference import Inference, Timing, predictions_json, read_uploads
+from imgclf.server.inference import Inference, Timing
 from imgclf.server.registry import ServedModel
-from imgclf.server.schemas import ModelInfo, ModelList, PredictResponse, predict_request_body
+from imgclf.server.schemas import ModelInfo, ModelList, ModelName, PredictResponse, predict_request_body
 from imgclf.server.state import app_state, use_model
+from imgclf.server.uploads import read_uploads
 
 router = APIRouter(tags=["v1"])
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="classes per image")]
-PREDICT_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504)
+PREDICT_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 429, 503, 504)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Loaded models")
-async def list_models(request: Request) -> JSONResponse:
+async def list_models(request: Request) -> ModelList:
     s = app_state(request)
     models = list(s.registry.models.values())
     default = s.registry.default().name if models else None
-    return JSONResponse({"default": default, "models": [m.info(s.config) for m in models]})
+    return ModelList(default=default, models=[ModelInfo.of(m, s.config) for m in models])
 
 
-@router.get("/v1/models/{name}", response_model=ModelInfo, responses=error_responses(404),
+@router.get("/v1/models/{name}", response_model=ModelInfo, responses=error_responses(400, 404),
             summary="A model's labels, preprocessing, provenance and batching settings")
-async def model_info(request: Request, name: str) -> JSONResponse:
-    return JSONResponse(use_model(request, name).info(app_state(request).config))
+async def model_info(request: Request, name: ModelName) -> ModelInfo:
+    return ModelInfo.of(use_model(request, name), app_state(request).config)
 
 
-async def _predict(request: Request, model: ServedModel, top_k: int) -> JSONResponse:
+async def _predict(request: Request, response: Response, model: ServedModel, k: int) -> PredictResponse:
     timing = Timing()
     s = app_state(request)
-    uploads = await read_uploads(request, s.config)
-    out = await s.inference.outputs(model, uploads, timing)
-    body = {
-        "model": model.name,
-        "version": model.version,
-        "predictions": predictions_json(model, Inference.probabilities(model, out), top_k),
-    }
-    return JSONResponse(body, headers={"Server-Timing": timing.header()})
+    with admitted(model) as slot:  # 429 before the body is read when the queue is full
+        uploads = await read_uploads(request, s.config, s.inference.pool)
+        slot.release()  # outputs() takes a slot per image at once: no await in between
+        out = await s.inference.outputs(model, uploads, timing)
+    probs = Inference.probabilities(model, out)
+    response.headers["Server-Timing"] = timing.header()
+    return PredictResponse(model=model.name, version=model.version, predictions=top_k(probs, model.labels, k))
 
 
 _PREDICT_DOC = ("Images as multipart field `file` (repeat it for several), a raw image body "
@@ -53,13 +54,13 @@ _PREDICT_DOC = ("Images as multipart field `file` (repeat it for several), a raw
 @router.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=PREDICT_ERRORS,
              summary="Classify one or several images", description=_PREDICT_DOC,
              openapi_extra=predict_request_body("One or several images"))
-async def predict(request: Request, name: str, top_k: TopK = 5) -> JSONResponse:
-    return await _predict(request, use_model(request, name, inference=True), top_k)
+async def predict(request: Request, response: Response, name: ModelName, top_k: TopK = 5) -> PredictResponse:
+    return await _predict(request, response, use_model(request, name, inference=True), top_k)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=PREDICT_ERRORS,
              summary="Classify with the default model (the original Flask services' route)",
              description="Same as `/v1/models/{name}/predict` on the default model. " + _PREDICT_DOC,
              openapi_extra=predict_request_body("One or several images"))
-async def predict_default(request: Request, top_k: TopK = 5) -> JSONResponse:
-    return await _predict(request, use_model(request, None, inference=True), top_k)
+async def predict_default(request: Request, response: Response, top_k: TopK = 5) -> PredictResponse:
+    return await _predict(request, response, use_model(request, None, inference=True), top_k)

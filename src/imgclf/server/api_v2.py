@@ -8,27 +8,31 @@ returned; with ``"parameters": {"classification": k}`` it is the top k as ``"sco
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 
 from imgclf import __version__
 from imgclf.engine import top_k
-from imgclf.server.errors import ERROR_CODE_KEY, bad_request, error_responses, not_found
-from imgclf.server.inference import Inference, Timing, Upload, decode_base64
+from imgclf.server.admission import admitted
+from imgclf.server.errors import ERROR_CODE_KEY, ApiError, bad_request, error_responses, not_found
+from imgclf.server.inference import Inference, Timing, Upload
+from imgclf.server.parsing import decode_base64, loads, off_loop, read_body, split_bytes_elements
 from imgclf.server.registry import ServedModel
 from imgclf.server.schemas import (
     InferenceRequest,
     InferenceResponse,
     Live,
     ModelMetadata,
+    ModelName,
     Ready,
+    ResponseOutput,
     ServerMetadata,
+    TensorMetadata,
 )
 from imgclf.server.state import app_state, use_model
 
@@ -50,160 +54,133 @@ def _model(request: Request, name: str, version: str | None, *, inference: bool 
 
 
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "imgclf", "version": __version__, "extensions": EXTENSIONS}
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="imgclf", version=__version__, extensions=EXTENSIONS)
 
 
 @router.get("/v2/health/live", response_model=Live, summary="Liveness")
-async def live() -> dict[str, Any]:
-    return {"live": True}
+async def live() -> Live:
+    return Live(live=True)
 
 
 @router.get("/v2/health/ready", response_model=Ready, responses={503: {"model": Ready, "description": "Not ready"}},
             summary="Readiness: every model loaded and warmed up")
-async def ready(request: Request) -> JSONResponse:
+async def ready(request: Request, response: Response) -> Ready:
     ok = app_state(request).registry.ready
     if not ok:
         request.scope[ERROR_CODE_KEY] = "not_ready"
-    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        response.status_code = 503
+    return Ready(ready=ok)
 
 
-def _metadata(model: ServedModel) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": model.output_name, "datatype": "FP32", "shape": [-1, len(model.labels)]}],
-        "parameters": {"output_kind": model.output_kind, "labels": len(model.labels)},
-    }
+def _metadata(model: ServedModel) -> ModelMetadata:
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.version],
+        platform="onnxruntime_onnx",
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
+        outputs=[TensorMetadata(name=model.output_name, datatype="FP32", shape=[-1, len(model.labels)])],
+        parameters={"output_kind": model.output_kind, "labels": len(model.labels)},
+    )
 
 
-@router.get("/v2/models/{name}", response_model=ModelMetadata, responses=error_responses(404, v2=True),
-            summary="Model metadata")
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
+V2_404 = error_responses(400, 404, v2=True)
+
+
+@router.get("/v2/models/{name}", response_model=ModelMetadata, responses=V2_404, summary="Model metadata")
+async def model_metadata(request: Request, name: ModelName) -> ModelMetadata:
     return _metadata(_model(request, name, None))
 
 
-@router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=error_responses(404, v2=True),
+@router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=V2_404,
             summary="Model metadata (one version)")
-async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+async def model_version_metadata(request: Request, name: ModelName, version: str) -> ModelMetadata:
     return _metadata(_model(request, name, version))
 
 
-@router.get("/v2/models/{name}/ready", response_model=Ready, responses=error_responses(404, v2=True),
-            summary="Model readiness")
-async def model_ready(request: Request, name: str) -> dict[str, Any]:
+@router.get("/v2/models/{name}/ready", response_model=Ready, responses=V2_404, summary="Model readiness")
+async def model_ready(request: Request, name: ModelName) -> Ready:
     _model(request, name, None)
-    return {"ready": True}
+    return Ready(ready=True)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", response_model=Ready, responses=error_responses(404, v2=True),
+@router.get("/v2/models/{name}/versions/{version}/ready", response_model=Ready, responses=V2_404,
             summary="Model readiness (one version)")
-async def model_version_ready(request: Request, name: str, version: str) -> dict[str, Any]:
+async def model_version_ready(request: Request, name: ModelName, version: str) -> Ready:
     _model(request, name, version)
-    return {"ready": True}
+    return Ready(ready=True)
 
 
 # -- inference -----------------------------------------------------------------------------
 
 
-async def _read_request(request: Request) -> tuple[InferenceRequest, bytes]:
-    """The JSON inference header and the binary section that may follow it."""
-    body = await request.body()
-    raw_len = request.headers.get(HEADER_LENGTH)
-    if raw_len is not None:
+def _parse_request(body: bytes, header_length: str | None, limit: int) -> tuple[InferenceRequest, list[Upload]]:
+    """The JSON inference header (and the binary section after it) -> the request and its images."""
+    if header_length is not None:
         try:
-            n = int(raw_len)
+            n = int(header_length)
         except ValueError:
-            raise bad_request(f"Inference-Header-Content-Length {raw_len!r} is not an integer") from None
+            raise bad_request(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
         if not 0 < n <= len(body):
             raise bad_request(f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
-        head, binary = body[:n], body[n:]
+        view = memoryview(body)  # slices of the binary section without copying megabytes
+        head, binary = bytes(view[:n]), view[n:]
     else:
-        head, binary = body, b""
+        head, binary = body, memoryview(b"")
+    doc = loads(head, "the inference request")
     try:
-        doc = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the inference request is not valid JSON: {exc}") from None
-    try:
-        return InferenceRequest.model_validate(doc), binary
+        req = InferenceRequest.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
         raise bad_request(f"invalid inference request: {where}: {first['msg']}") from None
+    return req, _images(req, binary, limit)
 
 
-def _flatten(data: list[Any], depth: int = 0) -> list[Any]:
-    if depth > 8:
-        raise bad_request("input data is nested too deeply")
+def _flatten(data: list[Any]) -> list[Any]:
     out: list[Any] = []
     for d in data:
-        out.extend(_flatten(d, depth + 1) if isinstance(d, list) else [d])
+        out.extend(d if isinstance(d, list) else [d])
     return out
 
 
-def _split_bytes_elements(blob: bytes) -> list[bytes]:
-    """A BYTES tensor in binary form: each element is a 4-byte little-endian length, then the bytes."""
-    out, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise bad_request("binary BYTES data is truncated (incomplete length prefix)")
-        (n,) = struct.unpack_from("<I", blob, pos)
-        pos += 4
-        if pos + n > len(blob):
-            raise bad_request("binary BYTES data is truncated (element longer than the data)")
-        out.append(blob[pos:pos + n])
-        pos += n
-    return out
-
-
-def _images(req: InferenceRequest, binary: bytes) -> list[Upload]:
-    if len(req.inputs) != 1:
-        raise bad_request(f"expected one input ({INPUT_NAME!r}), got {len(req.inputs)}")
-    inp = req.inputs[0]
-    if inp.name != INPUT_NAME:
-        raise bad_request(f"unknown input {inp.name!r}; the model takes {INPUT_NAME!r}")
-    if inp.datatype != "BYTES":
-        raise bad_request(f"input {INPUT_NAME!r} is BYTES (encoded image files), not {inp.datatype}")
-    if not inp.shape or any(d < 0 for d in inp.shape) or int(np.prod(inp.shape[1:], dtype=np.int64)) != 1:
-        raise bad_request(f"input shape must be [N] or [N, 1] (N images), got {inp.shape}")
-    count = inp.shape[0]
-    params = inp.parameters or {}
-    size = params.get("binary_data_size")
+def _images(req: InferenceRequest, binary: memoryview, limit: int) -> list[Upload]:
+    inp = req.inputs[0]  # the schema allows exactly one input, named "image", of BYTES
+    shape = inp.shape
+    if len(shape) == 2 and shape[1] != 1:
+        raise bad_request(f"input shape must be [N] or [N, 1] (N images), got {shape}")
+    count = shape[0]
+    if count > limit:
+        raise ApiError(413, "too_many_images", f"{count} images in one request; the limit is {limit}")
+    size = inp.parameters.binary_data_size if inp.parameters is not None else None
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
-            raise bad_request(f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
-        elements = _split_bytes_elements(binary[:size])
+        if inp.data is not None:
+            raise bad_request(f"input {INPUT_NAME!r} has both data and binary_data_size")
+        if size > len(binary):
+            raise bad_request(f"binary_data_size {size} does not fit the {len(binary)} binary bytes")
+        elements = split_bytes_elements(binary[:size], count)
     else:
         if inp.data is None:
             raise bad_request(f"input {INPUT_NAME!r} has no data")
         flat = _flatten(inp.data)
-        if not all(isinstance(d, str) for d in flat):
-            raise bad_request("BYTES data in JSON must be base64 strings")
+        if len(flat) != count:
+            raise bad_request(f"input shape {shape} says {count} images, the data holds {len(flat)}")
         elements = [decode_base64(d, f"{INPUT_NAME}[{i}]") for i, d in enumerate(flat)]
-    if len(elements) != count:
-        raise bad_request(f"input shape {inp.shape} says {count} images, the data holds {len(elements)}")
     return [Upload(f"{INPUT_NAME}[{i}]", e) for i, e in enumerate(elements)]
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise bad_request(f"{what} must be a non-negative integer, got {value!r}")
-    return value
 
 
 def _options(req: InferenceRequest, model: ServedModel) -> tuple[int, bool]:
     """(classification k, 0 for the full tensor; whether the output goes in binary form)."""
-    params = req.parameters or {}
-    k = _positive_int(params.get("classification", 0), "classification")
-    binary = bool(params.get("binary_data_output", False))
+    params = req.parameters
+    k = (params.classification or 0) if params is not None else 0
+    binary = bool(params.binary_data_output) if params is not None else False
     for out in req.outputs or []:
         if out.name != model.output_name:
             raise bad_request(f"unknown output {out.name!r}; the model gives {model.output_name!r}")
-        p = out.parameters or {}
-        k = _positive_int(p.get("classification", k), "classification")
-        binary = bool(p.get("binary_data", binary))
+        p = out.parameters
+        if p is not None:
+            k = p.classification if p.classification is not None else k
+            binary = p.binary_data if p.binary_data is not None else binary
     return k, binary
 
 
@@ -222,50 +199,56 @@ INFER_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
     }
 }
-INFER_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504, v2=True)
+INFER_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 429, 503, 504, v2=True)
 
 
 @router.post("/v2/models/{name}/infer", response_model=InferenceResponse, responses=INFER_ERRORS,
              summary="Inference", openapi_extra=INFER_BODY)
-async def infer(request: Request, name: str) -> Response:
+async def infer(request: Request, name: ModelName) -> Response:
     return await _infer(request, _model(request, name, None, inference=True))
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
              responses=INFER_ERRORS, summary="Inference (one version)", openapi_extra=INFER_BODY)
-async def infer_version(request: Request, name: str, version: str) -> Response:
+async def infer_version(request: Request, name: ModelName, version: str) -> Response:
     return await _infer(request, _model(request, name, version, inference=True))
 
 
 async def _infer(request: Request, model: ServedModel) -> Response:
     timing = Timing()
     s = app_state(request)
-    req, binary = await _read_request(request)
-    uploads = _images(req, binary)
-    k, binary_out = _options(req, model)
-    out = await s.inference.outputs(model, uploads, timing)
+    with admitted(model) as slot:  # 429 before the body is read when the queue is full
+        body = await read_body(request, s.config.request_timeout_s)
+        limit = s.config.max_images_per_request
+        req, uploads = await off_loop(s.inference.pool, len(body),
+                                      lambda: _parse_request(body, request.headers.get(HEADER_LENGTH), limit))
+        k, binary_out = _options(req, model)
+        slot.release()  # outputs() takes a slot per image at once: no await in between
+        out = await s.inference.outputs(model, uploads, timing)
     n = out.shape[0]
     if k:
         k = min(k, len(model.labels))
-        probs = Inference.probabilities(model, out)
-        rows = top_k(probs, model.labels, k)
+        rows = top_k(Inference.probabilities(model, out), model.labels, k)
         items = [f"{p.score:.6f}:{p.index}:{p.label}" for row in rows for p in row]
-        tensor: dict[str, Any] = {"name": model.output_name, "shape": [n, k], "datatype": "BYTES"}
+        tensor = ResponseOutput(name=model.output_name, shape=[n, k], datatype="BYTES")
         payload = _bytes_tensor([s.encode() for s in items]) if binary_out else None
         values: list[Any] = items
     else:
         out32 = np.ascontiguousarray(out, dtype="<f4")
-        tensor = {"name": model.output_name, "shape": list(out32.shape), "datatype": "FP32"}
+        tensor = ResponseOutput(name=model.output_name, shape=list(out32.shape), datatype="FP32")
         payload = out32.tobytes() if binary_out else None
         values = out32.ravel().tolist()
-    response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": [tensor]}
-    if req.id is not None:
-        response["id"] = req.id
+    response = InferenceResponse(model_name=model.name, model_version=model.version, id=req.id, outputs=[tensor])
     headers = {"Server-Timing": timing.header()}
     if payload is None:
-        tensor["data"] = values
-        return JSONResponse(response, headers=headers)
-    tensor["parameters"] = {"binary_data_size": len(payload)}
-    head = json.dumps(response, separators=(",", ":")).encode()
+        tensor.data = values
+        return _json(response, headers)
+    tensor.parameters = {"binary_data_size": len(payload)}
+    head = response.model_dump_json(exclude_none=True).encode()
     headers["Inference-Header-Content-Length"] = str(len(head))
     return Response(head + payload, media_type="application/octet-stream", headers=headers)
+
+
+def _json(model: BaseModel, headers: dict[str, str]) -> Response:
+    """A response model as JSON, serialised by pydantic (fast for a large FP32 tensor)."""
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,9 +15,11 @@ from pydantic.json_schema import models_json_schema
 
 from imgclf import __version__
 from imgclf.server import api_v1, api_v2, management, web
+from imgclf.server.admission import AdmissionGate
+from imgclf.server.auth import MANAGEMENT_OFF
 from imgclf.server.config import ServerConfig
 from imgclf.server.errors import install_error_handlers
-from imgclf.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from imgclf.server.middleware import BodyGuardMiddleware, MetricsMiddleware
 from imgclf.server.schemas import InferenceRequest
 from imgclf.server.state import AppState
 
@@ -32,16 +35,33 @@ DESCRIPTION = """Image classification over HTTP, on ONNX Runtime.
 """
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _limit_image_counts(doc: dict[str, Any], limit: int) -> None:
+    """State this server's --max-images where the document lists images (more is 413 too_many_images)."""
+    for item in doc.get("paths", {}).values():
+        post = item.get("post", {})
+        for media in post.get("requestBody", {}).get("content", {}).values():
+            schema = media.get("schema", {})
+            for key in ("file", "instances"):
+                prop = schema.get("properties", {}).get(key)
+                if prop is not None and prop.get("type") == "array":
+                    prop["maxItems"] = limit
+    shape = doc.get("components", {}).get("schemas", {}).get("RequestInput", {}).get("properties", {}).get("shape")
+    if shape is not None:
+        shape["items"]["maximum"] = limit  # [N] or [N, 1]: N images, at most the limit
+
+
+def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     """FastAPI's document plus the schemas of bodies that routes parse by hand."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
-                          tags=app.openapi_tags)
+        # A copy: route declarations share their schema dicts between apps, and this one gets this app's limits.
+        doc = copy.deepcopy(get_openapi(title=app.title, version=app.version, description=app.description,
+                                        routes=app.routes, tags=app.openapi_tags))
         _, defs = models_json_schema([(InferenceRequest, "validation")],
                                      ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        _limit_image_counts(doc, config.max_images_per_request)
         app.openapi_schema = doc
     return app.openapi_schema
 
@@ -51,6 +71,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.api_key is None:
+            log.warning("%s", MANAGEMENT_OFF)
         task = None
         if config.load_in_background:
             task = asyncio.get_running_loop().create_task(state.registry.load_startup_models())
@@ -75,7 +97,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         redoc_url=None,
         middleware=[
             Middleware(MetricsMiddleware, metrics=state.metrics),
-            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
+            Middleware(BodyGuardMiddleware, max_body_bytes=config.max_body_bytes),
+            Middleware(AdmissionGate, registry=state.registry),
         ],
     )
     app.state.imgclf = state
@@ -84,5 +107,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(api_v2.router)
     app.include_router(management.router)
     web.mount(app)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, config)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,8 @@
-"""API key check for management routes: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+"""API key check for management routes: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+
+Without a configured key the management API is off (403): an open one would let any client
+unload the models of a server that faces the network.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ _bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
 
+ENABLE_HINT = "start the server with --api-key KEY (or set IMGCLF_API_KEY) to enable it"
+MANAGEMENT_OFF = f"the management API is off on this server: {ENABLE_HINT}"
+
+
 def key_matches(given: str | None, expected: str) -> bool:
     # Constant-time comparison: response timing must not reveal how much of a guess was right.
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
@@ -25,9 +33,9 @@ async def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_header)],
 ) -> None:
-    expected = request.app.state.imgclf.config.api_key
+    expected: str | None = request.app.state.imgclf.config.api_key
     if expected is None:
-        return
+        raise ApiError(403, "management_disabled", MANAGEMENT_OFF)
     presented = [header_key] if header_key is not None else []
     authorization = request.headers.get("authorization")
     if authorization is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,7 @@ _DEFAULT_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -96,7 +98,7 @@ def error_body(path: str, code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(request: Request, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     request.scope[ERROR_CODE_KEY] = code
     return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
@@ -125,7 +127,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     message = "; ".join(_describe(e) for e in errors[:5]) or "invalid request"
-    return error_response(request, 400, "bad_request", message)
+    # A model name that breaks the naming rule gets the same code wherever it is checked.
+    code = "invalid_model_name" if any(tuple(e.get("loc", ())) == ("path", "name") for e in errors) else "bad_request"
+    return error_response(request, 400, code, message)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -145,8 +149,10 @@ def error_responses(*statuses: int, v2: bool = False) -> dict[int | str, dict[st
     text = {
         400: "Malformed request",
         401: "Missing or wrong API key",
+        403: "The management API is off (the server has no API key)",
+        408: "The request body did not arrive within the server's timeout",
         404: "Unknown model",
-        413: "Request body over the size limit, or too many images",
+        413: "Request body over the size limit (payload_too_large), or too many images (too_many_images)",
         415: "Not an image format the server reads, or an unsupported Content-Type",
         422: "Undecodable, truncated or oversized (decompression bomb) image",
         429: "The model's queue is full; retry after the Retry-After header's seconds",

@@ -1,5 +1,8 @@
 """Request images -> decode on the thread pool -> micro-batcher -> model outputs.
 
+(Reading a request's images from its body is :mod:`imgclf.server.uploads` and
+:mod:`imgclf.server.parsing`.)
+
 Decoding and preprocessing go through :func:`imgclf.pipeline.prepare`, the same code as
 ``imgclf predict`` and evaluation, on a thread pool so the event loop only moves bytes.
 """
@@ -7,28 +10,20 @@ Decoding and preprocessing go through :func:`imgclf.pipeline.prepare`, the same 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
 
-from imgclf.engine import to_probabilities, top_k
+from imgclf.engine import to_probabilities
 from imgclf.images import ImageDecodeError
 from imgclf.pipeline import prepare
 from imgclf.server.batcher import BatcherClosedError, QueueFullError
 from imgclf.server.config import ServerConfig
 from imgclf.server.errors import ApiError, bad_request, queue_full
 from imgclf.server.registry import ServedModel
-
-IMAGE_FIELD = "file"
 
 
 @dataclass
@@ -49,68 +44,6 @@ class Timing:
         total = time.perf_counter() - self.started
         return (f"decode;dur={self.decode_s * 1000:.1f}, batch;dur={self.batch_s * 1000:.1f}, "
                 f"total;dur={total * 1000:.1f}")
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def read_uploads(request: Request, config: ServerConfig) -> list[Upload]:
-    """The images of a predict request: multipart ``file`` fields, a raw image body or JSON base64."""
-    media = _media_type(request)
-    limit = config.max_images_per_request
-    if media == "multipart/form-data":
-        form = await request.form(max_files=limit, max_fields=32)
-        try:
-            parts = form.getlist(IMAGE_FIELD)
-            if not parts:
-                raise bad_request(f"the multipart body has no {IMAGE_FIELD!r} field; send the image(s) as "
-                                  f"-F {IMAGE_FIELD}=@photo.jpg")
-            uploads = []
-            for i, part in enumerate(parts):
-                if not isinstance(part, UploadFile):
-                    raise bad_request(f"multipart field {IMAGE_FIELD!r} #{i + 1} is text, not a file upload")
-                uploads.append(Upload(part.filename or f"file {i + 1}", await part.read()))
-            return uploads
-        finally:
-            await form.close()
-    if media.startswith("image/") or media == "application/octet-stream":
-        body = await request.body()
-        if not body:
-            raise bad_request("the request body is empty; send the image bytes")
-        return [Upload("body", body)]
-    if media == "application/json" or media.endswith("+json"):
-        return _json_instances(await request.body(), limit)
-    if not media:
-        raise ApiError(415, "unsupported_media_type",
-                       "no Content-Type: send multipart/form-data, image/* or application/json")
-    raise ApiError(415, "unsupported_media_type",
-                   f"Content-Type {media!r} is not accepted: send multipart/form-data, image/* or application/json")
-
-
-def _json_instances(body: bytes, limit: int) -> list[Upload]:
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the body is not valid JSON: {exc}") from None
-    instances = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise bad_request('JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}')
-    if len(instances) > limit:
-        raise ApiError(413, "too_many_images", f"{len(instances)} images in one request; the limit is {limit}")
-    uploads = []
-    for i, inst in enumerate(instances):
-        if not isinstance(inst, dict) or not isinstance(inst.get("b64"), str):
-            raise bad_request(f'instance {i}: expected {{"b64": "<base64 image>"}}')
-        uploads.append(Upload(f"instance {i}", decode_base64(inst["b64"], f"instance {i}")))
-    return uploads
-
-
-def decode_base64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{what}: not valid base64") from None
 
 
 class Inference:
@@ -166,7 +99,3 @@ class Inference:
     @staticmethod
     def probabilities(model: ServedModel, out: np.ndarray) -> np.ndarray:
         return to_probabilities(out, model.output_kind)
-
-
-def predictions_json(model: ServedModel, probs: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-    return [[p.to_dict() for p in row] for row in top_k(probs, model.labels, k)]

@@ -37,7 +37,7 @@ class _Throughput:
                 out[model] = sum(n for _, n in events) / self.window_s
         return out
 
-    def collect(self) -> Iterator[Metric]:  # the prometheus_client collector protocol
+    def collect(self) -> Iterator[Metric]:  # prometheus_client collector protocol
         g = GaugeMetricFamily("imgclf_images_per_second", f"Images classified per second over the last "
                               f"{self.window_s:.0f} s", labels=["model"])
         for model, rate in self.rates().items():
@@ -88,8 +88,7 @@ class Metrics:
             g.add_metric([model], depth)
         yield g
 
-    def on_batch(self, model: str) -> Callable[[int, list[float], float], None]:
-        """The batcher's per-batch callback for ``model``."""
+    def on_batch(self, model: str) -> Callable[[int, list[float], float], None]:  # the batcher's callback
         queue_time = self.queue_time.labels(model)
         inference = self.inference_time.labels(model)
         batch_size = self.batch_size.labels(model)

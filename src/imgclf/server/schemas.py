@@ -1,18 +1,36 @@
-"""Typed request and response bodies, so the OpenAPI document says what the server does."""
+"""Typed request and response bodies, so the OpenAPI document says what the server does and checks."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+
+from imgclf.engine import Prediction
+
+if TYPE_CHECKING:
+    from imgclf.server.config import ServerConfig
+    from imgclf.server.registry import ServedModel
+
+# Exactly what the server's base64 decoding accepts (strict RFC 4648): whole groups of four, padding
+# only at the end.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# imgclf.package.check_name's rule without look-around (which JSON Schema tools read differently):
+# 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, never two dots in a row.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+MODEL_NAME_MAX = 64
+ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, max_length=MODEL_NAME_MAX, description="A model's name")]
+# Largest tensor dimension the server reads (the first one is also capped by --max-images: 413).
+MAX_SHAPE_DIM = 2**31 - 1
+
+# A base64 string: the pattern is for the document; decoding checks it (a regex over megabytes is wasted work).
+Base64 = Annotated[StrictStr, WithJsonSchema({"type": "string", "pattern": BASE64_PATTERN,
+                                              "contentEncoding": "base64",
+                                              "description": "base64-encoded image file"})]
 
 # -- v1 ------------------------------------------------------------------------------------
-
-
-class Prediction(BaseModel):
-    index: int = Field(description="Class index in the model's output")
-    label: str
-    score: float = Field(description="Class probability, 0..1")
 
 
 class PredictResponse(BaseModel):
@@ -40,6 +58,20 @@ class ModelInfo(BaseModel):
     batching: Batching
     loaded_at: str
 
+    @classmethod
+    def of(cls, model: ServedModel, config: ServerConfig) -> ModelInfo:
+        meta = model.package.meta if model.package is not None else None
+        return cls(
+            name=model.name, version=model.version, ready=True, num_classes=len(model.labels),
+            labels=list(model.labels), preprocess=model.spec.to_dict(),
+            output_kind="probabilities" if model.output_kind == "probabilities" else "logits",
+            provenance=meta.provenance.to_dict() if meta is not None else {},
+            batching=Batching(max_batch_size=model.batcher.max_batch_size,
+                              max_delay_ms=model.batcher.max_delay_s * 1000.0,
+                              queue_size=model.batcher.queue_size, timeout_s=config.request_timeout_s),
+            loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
+        )
+
 
 class ModelList(BaseModel):
     default: str | None = Field(description="The model POST /predict uses")
@@ -57,7 +89,8 @@ INSTANCES_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["b64"],
-                "properties": {"b64": {"type": "string", "description": "base64-encoded image file"}},
+                "properties": {"b64": {"type": "string", "pattern": BASE64_PATTERN, "contentEncoding": "base64",
+                                       "description": "base64-encoded image file"}},
             },
         }
     },
@@ -118,27 +151,50 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+ImageCount = Annotated[StrictInt, Field(ge=1, le=MAX_SHAPE_DIM)]
+
+
+class InputParameters(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    binary_data_size: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="Bytes of this input in the binary section (binary tensor extension)")
+
+
 class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = Field(default=None, description="BYTES: base64-encoded image files")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Literal["image"] = Field(description="The models' one input")
+    shape: list[ImageCount] = Field(min_length=1, max_length=2, description="[N] or [N, 1]: N images")
+    datatype: Literal["BYTES"] = Field(description="Encoded image files")
+    parameters: InputParameters | None = None
+    data: list[Base64 | list[Base64]] | None = Field(
+        default=None, description="N base64-encoded image files (absent with the binary tensor extension)")
+
+
+class OutputParameters(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    classification: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="Return the top k classes as 'score:index:label' instead of the tensor")
+    binary_data: StrictBool | None = Field(default=None, description="Return the output in the binary section")
 
 
 class RequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    parameters: dict[str, Any] | None = None
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: StrictStr
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    classification: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="Return the top k classes as 'score:index:label' instead of the tensor")
+    binary_data_output: StrictBool | None = Field(default=None, description="Return outputs in the binary section")
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    parameters: dict[str, Any] | None = Field(
-        default=None, description='{"classification": k} returns the top-k classes instead of the full tensor')
-    inputs: list[RequestInput] = Field(min_length=1, description="One input, 'image': BYTES, shape [N] or [N, 1]")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: StrictStr | None = None
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="One input, 'image'")
     outputs: list[RequestOutput] | None = None
 
 
@@ -166,4 +222,5 @@ class RepositoryEntry(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
-    ready: bool | None = Field(default=None, description="true: list only loaded models")
+    model_config = ConfigDict(strict=True)
+    ready: StrictBool | None = Field(default=None, description="true: list only loaded models")

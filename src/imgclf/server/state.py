@@ -11,6 +11,7 @@ from imgclf.server.registry import ModelRegistry, ServedModel
 
 # Scope keys routes set for the metrics middleware.
 MODEL_KEY = "imgclf.model"
+ENDPOINT_KEY = "imgclf.endpoint"  # for answers given before routing
 INFER_KEY = "imgclf.infer"
 
 

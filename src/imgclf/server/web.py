@@ -54,12 +54,12 @@ def mount(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        if js_url and css_url:  # the offline copies of the Swagger UI assets
+        if js_url is None or css_url is None:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="imgclf API",
-                                       swagger_favicon_url="/favicon.ico", oauth2_redirect_url="/docs/oauth2-redirect",
-                                       swagger_js_url=js_url, swagger_css_url=css_url)
+                                       swagger_favicon_url="/favicon.ico", oauth2_redirect_url="/docs/oauth2-redirect")
         return get_swagger_ui_html(openapi_url="/openapi.json", title="imgclf API", swagger_favicon_url="/favicon.ico",
-                                   oauth2_redirect_url="/docs/oauth2-redirect")
+                                   oauth2_redirect_url="/docs/oauth2-redirect", swagger_js_url=js_url,
+                                   swagger_css_url=css_url)
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def docs_redirect() -> HTMLResponse:

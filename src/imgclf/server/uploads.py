@@ -1,0 +1,150 @@
+"""The images of a v1 predict request: multipart ``file`` fields, a raw image body or JSON base64.
+
+Multipart is parsed as it streams in (python-multipart's parser: linear, with bounded part
+headers), so a request with too many files is refused at the first file past the limit. Raw and
+JSON bodies are read whole (the body guard caps their size) and parsed off the event loop when big.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from imgclf.server.config import ServerConfig
+from imgclf.server.errors import ApiError, bad_request
+from imgclf.server.inference import Upload
+from imgclf.server.parsing import body_deadline, decode_base64, loads, off_loop, read_body
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+IMAGE_FIELD = "file"
+# Text fields a multipart body may carry beside its files (a browser form may add a few).
+MAX_TEXT_FIELDS = 32
+ACCEPTED = "send multipart/form-data, image/* or application/json"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def too_many_images(n: int | str, limit: int) -> ApiError:
+    return ApiError(413, "too_many_images", f"{n} images in one request; the limit is {limit}")
+
+
+async def read_uploads(request: Request, config: ServerConfig, pool: Executor) -> list[Upload]:
+    media = media_type(request)
+    limit = config.max_images_per_request
+    if media == "multipart/form-data":
+        return await _multipart(request, config)
+    if media.startswith("image/") or media == "application/octet-stream":
+        body = await read_body(request, config.request_timeout_s)
+        if not body:
+            raise bad_request("the request body is empty; send the image bytes")
+        return [Upload("body", body)]
+    if media == "application/json" or media.endswith("+json"):
+        body = await read_body(request, config.request_timeout_s)
+        return await off_loop(pool, len(body), lambda: json_instances(body, limit))
+    if not media:
+        raise ApiError(415, "unsupported_media_type", f"no Content-Type: {ACCEPTED}")
+    raise ApiError(415, "unsupported_media_type", f"Content-Type {media!r} is not accepted: {ACCEPTED}")
+
+
+def json_instances(body: bytes, limit: int) -> list[Upload]:
+    """``{"instances": [{"b64": "..."}, ...]}`` -> uploads (the TensorFlow Serving / Vertex form)."""
+    doc = loads(body, "the body")
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise bad_request('JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}')
+    if len(instances) > limit:
+        raise too_many_images(len(instances), limit)
+    uploads = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict) or not isinstance(inst.get("b64"), str):
+            raise bad_request(f'instance {i}: expected {{"b64": "<base64 image>"}}')
+        uploads.append(Upload(f"instance {i}", decode_base64(inst["b64"], f"instance {i}")))
+    return uploads
+
+
+class _Parts:
+    """Collects the parts python-multipart finds: their headers, then their bytes."""
+
+    def __init__(self, file_limit: int) -> None:
+        self.file_limit = file_limit
+        self.files: list[Upload] = []
+        self.texts = 0
+        self.header_name = bytearray()
+        self.header_value = bytearray()
+        self.headers: dict[bytes, bytes] = {}
+        self.data: bytearray | None = None  # the current part's bytes, when it is a file named "file"
+        self.name = b""
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": lambda d, s, e: self.header_name.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self.header_value.extend(d[s:e]),
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+        }
+
+    def part_begin(self) -> None:
+        self.headers, self.data = {}, None
+
+    def header_end(self) -> None:
+        self.headers[bytes(self.header_name).lower()] = bytes(self.header_value)
+        self.header_name.clear()
+        self.header_value.clear()
+
+    def headers_finished(self) -> None:
+        disposition, params = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("latin-1")
+        if disposition != b"form-data" or b"filename" not in params:
+            self.texts += 1
+            if self.texts > MAX_TEXT_FIELDS:
+                raise bad_request(f"the multipart body has more than {MAX_TEXT_FIELDS} text fields")
+            if name == IMAGE_FIELD:
+                raise bad_request(f"multipart field {IMAGE_FIELD!r} #{len(self.files) + 1} is text, not a file upload")
+            return
+        if name != IMAGE_FIELD:
+            return  # another file field: read past it
+        if len(self.files) >= self.file_limit:
+            raise too_many_images(f"more than {self.file_limit}", self.file_limit)
+        self.name = params.get(b"filename", b"")
+        self.data = bytearray()
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.data is not None:
+            self.data += data[start:end]
+
+    def part_end(self) -> None:
+        if self.data is not None:
+            label = self.name.decode("utf-8", "replace") or f"file {len(self.files) + 1}"
+            self.files.append(Upload(label, bytes(self.data)))
+            self.data = None
+
+
+async def _multipart(request: Request, config: ServerConfig) -> list[Upload]:
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise bad_request("the multipart Content-Type has no boundary")
+    parts = _Parts(config.max_images_per_request)
+    parser = MultipartParser(boundary, parts.callbacks())
+    try:
+        async with body_deadline(config.request_timeout_s):
+            async for chunk in request.stream():
+                parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise bad_request(f"the multipart body is malformed: {exc}") from None
+    if not parts.files:
+        raise bad_request(f"the multipart body has no {IMAGE_FIELD!r} file; send the image(s) as "
+                          f"-F {IMAGE_FIELD}=@photo.jpg")
+    return parts.files
