@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).parent))
+from serve import Server  # noqa: E402 - the serving benchmark's server
 
 SIZES = {"500x375": (500, 375), "12 MP": (4000, 3000), "24 MP": (6000, 4000)}
 
@@ -50,48 +48,6 @@ def make_files(source: str | None) -> dict[str, bytes]:
         photo.resize(size, Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
         out[name] = buf.getvalue()
     return out
-
-
-class Server:
-    """``imgclf serve`` in a child process on a free port; ``stop()`` ends it."""
-
-    def __init__(self, package: str) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="imgclf-large-photos-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "imgclf", "serve", "--model", package, "--host", "127.0.0.1", "--port", "0",
-               "--log-level", "warning", "--no-access-log"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.port = self._wait_ready()
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=10) as r:
-            self.model = str(json.load(r)["default"])
-
-    def _wait_ready(self) -> int:
-        deadline = time.monotonic() + 180
-        port = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit("server exited:\n" + Path(self.log.name).read_text())
-            if port is None:
-                m = re.search(r"http://127\.0\.0\.1:(\d+)", Path(self.log.name).read_text())
-                port = int(m.group(1)) if m else None
-            if port is not None:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
-                        if r.status == 200:
-                            return port
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        self.stop()
-        sys.exit("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.send_signal(2)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.log.name)
 
 
 async def _load(port: int, path: str, body: bytes, concurrency: int, requests: int, seconds: float) -> dict:
@@ -173,7 +129,7 @@ def main() -> int:
         files = make_files(args.source)
     server = Server(args.package)
     try:
-        path = f"/v1/models/{server.model}/predict?top_k=5"
+        path = f"/v1/models/{server.default_model()}/predict?top_k=5"
         c1 = {n: asyncio.run(_load(server.port, path, d, 1, args.requests, args.seconds)) for n, d in files.items()}
         c8 = {n: asyncio.run(_load(server.port, path, d, 8, 4 * args.requests, args.seconds)) for n, d in files.items()}
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import re
@@ -111,7 +112,9 @@ def in_process_throughput(engine, images: list[bytes], seconds: float, max_image
 
 
 class Server:
-    def __init__(self, package: Path, *extra: str) -> None:
+    """``imgclf serve PACKAGE`` in a child process on a free local port; ``stop()`` ends it."""
+
+    def __init__(self, package: str | Path, *extra: str) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="imgclf-bench-serve-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "imgclf", "serve", "--model", str(package), "--host", "127.0.0.1",
                "--port", "0", "--log-level", "warning", "--no-access-log", *extra]
@@ -135,7 +138,13 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.2)
+        self.stop()
         sys.exit("server did not become ready")
+
+    def default_model(self) -> str:
+        """The name the server routes ``/v1/models/{name}`` requests to by default."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=10) as r:
+            return str(json.load(r)["default"])
 
     def stop(self) -> None:
         self.proc.send_signal(2)
@@ -143,6 +152,7 @@ class Server:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         os.unlink(self.log.name)
 
 
