@@ -24,13 +24,12 @@ import random
 import re
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import Server, read_images  # noqa: E402 - the serving benchmark's server and photos
+from serve import Server, package_and_photos  # noqa: E402 - the serving benchmark's server and its photos
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -218,13 +217,7 @@ def main() -> int:
     ap.add_argument("--server-args", default="", help="extra `imgclf serve` arguments")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
-    from imgclf.package import load_package
-
-    (package,) = resolve_models([args.package], None)
-    model = load_package(package).name
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = read_images(args.images, Path(tmp))
+    package, model, photos = package_and_photos(args.package, args.images)
     images = encodings(photos, random.Random(args.seed))
     server = Server(package, *args.server_args.split())
     try:

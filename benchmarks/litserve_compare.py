@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import Server, percentile, read_images, run_load  # noqa: E402
+from serve import Server, package_and_photos, percentile, run_load  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -145,13 +145,7 @@ def main() -> int:
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
-    from imgclf.package import load_package
-
-    (package,) = resolve_models([args.package], None)
-    name = load_package(package).name
-    with tempfile.TemporaryDirectory() as tmp:
-        images = read_images(args.images, Path(tmp))
+    package, name, images = package_and_photos(args.package, args.images)
     results: dict[str, list[tuple[float, float, int]]] = {"imgclf": [], "LitServe": []}
     imgclf = Server(package, "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms))
     try:

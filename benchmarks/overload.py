@@ -29,14 +29,13 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import Server, read_images  # noqa: E402 - the serving benchmark's server and photos
+from serve import Server, package_and_photos  # noqa: E402 - the serving benchmark's server and its photos
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -234,13 +233,7 @@ def main() -> int:
     ap.add_argument("--server-args", default="", help="extra `imgclf serve` arguments, e.g. '--queue-size 64'")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
-    from imgclf.package import load_package
-
-    (package,) = resolve_models([args.package], None)
-    name = load_package(package).name
-    with tempfile.TemporaryDirectory() as tmp:
-        images = read_images(args.images, Path(tmp))
+    package, name, images = package_and_photos(args.package, args.images)
     path = f"/v1/models/{name}/predict?top_k=5"
     print(f"# imgclf overload benchmark: {name}, {len(images)} photos, {os.cpu_count()} CPUs, "
           f"{args.seconds:g} s per level, clients {'ignore' if args.ignore_retry_after else 'honour'} "

@@ -55,6 +55,18 @@ def read_images(folder: str | None, tmp: Path) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
+def package_and_photos(model: str, folder: str | None) -> tuple[Path, str, list[bytes]]:
+    """The package directory to serve for ``model`` (a zoo name is exported once, in a child process),
+    the name the server routes it by, and the photos to send (``folder``, default the sample photos)."""
+    from imgclf.package import load_package
+    from imgclf.resolve import package_dirs
+
+    (package,) = package_dirs([model], None)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = read_images(folder, Path(tmp))
+    return package, load_package(package).name, images
+
+
 # -- in-process limit ------------------------------------------------------------------------
 
 
@@ -251,14 +263,7 @@ def main() -> int:
     ap.add_argument("--overload-queue", type=int, default=8, help="queue size for the overload run (default 8)")
     args = ap.parse_args()
 
-    from imgclf.resolve import package_dirs
-
-    (package,) = package_dirs([args.model], None)  # exports a zoo model in a child process if needed
-    with tempfile.TemporaryDirectory() as tmp:
-        images = read_images(args.images, Path(tmp))
-    from imgclf.package import load_package
-
-    name = load_package(package).name
+    package, name, images = package_and_photos(args.model, args.images)
     path = f"/v1/models/{name}/predict?top_k=5"
     sizes = [len(b) for b in images]
     print(f"# imgclf serving benchmark: {name}, {len(images)} photos ({min(sizes) // 1024}-{max(sizes) // 1024} KB), "

@@ -16,13 +16,12 @@ import asyncio
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overload import multipart_request, read_response  # noqa: E402
-from serve import Server, read_images  # noqa: E402
+from serve import Server, package_and_photos  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -79,13 +78,7 @@ def main() -> int:
     ap.add_argument("--images", help="folder of photos to send (default: the sample photos, as JPEG)")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
-    from imgclf.package import load_package
-
-    (package,) = resolve_models([args.package], None)
-    name = load_package(package).name
-    with tempfile.TemporaryDirectory() as tmp:
-        images = read_images(args.images, Path(tmp))
+    package, name, images = package_and_photos(args.package, args.images)
     server = Server(package)
     try:
         r = asyncio.run(soak(server.port, server.proc.pid, f"/v1/models/{name}/predict", images, args.requests,
