@@ -17,29 +17,6 @@ Calling the package runs :func:`imgclf.training_api.train`: ``imgclf.train(data,
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from imgclf.callable_package import make_callable
 
-if TYPE_CHECKING:
-    from imgclf.package import ModelPackage
-
-
-class _CallablePackage(types.ModuleType):
-    """This package, called, is :func:`imgclf.training_api.train`: ``imgclf.train(...)`` works whether or
-    not ``imgclf.train`` has been imported as a package already (Python binds the name to it)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ModelPackage:
-        from imgclf.training_api import train
-
-        return train(*args, **kwargs)
-
-    @property
-    def __wrapped__(self) -> Callable[..., ModelPackage]:  # inspect.signature() and help() follow this to the function
-        from imgclf.training_api import train
-
-        return train
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, "train")
