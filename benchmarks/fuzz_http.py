@@ -21,7 +21,6 @@ import io
 import json
 import os
 import random
-import re
 import struct
 import sys
 import time
@@ -29,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import Server, package_and_photos  # noqa: E402 - the serving benchmark's server and its photos
+from serve import Server, package_and_photos, rss_mb  # noqa: E402 - the serving benchmark's server and its photos
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -167,11 +166,6 @@ def build(rng: random.Random, images: list[tuple[bytes, str]], model: str) -> tu
     return rng.choice([predict, infer]), image, ({"Content-Type": wrong} if wrong else {})
 
 
-def peak_rss_mb(pid: int) -> float:
-    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(m.group(1)) / 1024 if m else float("nan")
-
-
 def fuzz(port: int, model: str, images: list[tuple[bytes, str]], requests: int, seed: int,
          timeout: float = 60.0) -> dict:
     rng = random.Random(seed)
@@ -222,7 +216,7 @@ def main() -> int:
     server = Server(package, *args.server_args.split())
     try:
         result = fuzz(server.port, model, images, args.requests, args.seed)
-        rss = peak_rss_mb(server.proc.pid)
+        rss = rss_mb(server.proc.pid, "VmHWM")
         alive = server.proc.poll() is None
         log = Path(server.log.name).read_text(errors="replace")
     finally:

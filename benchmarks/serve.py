@@ -168,6 +168,12 @@ class Server:
         os.unlink(self.log.name)
 
 
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB (``VmHWM``: its peak) from /proc, NaN where unreadable."""
+    m = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
 # -- load generator (runs in its own process) ------------------------------------------------
 
 

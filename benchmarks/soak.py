@@ -14,21 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overload import multipart_request, read_response  # noqa: E402
-from serve import Server, package_and_photos  # noqa: E402
+from serve import Server, package_and_photos, rss_mb  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    m = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(m.group(1)) / 1024 if m else float("nan")
 
 
 def bad_requests(port: int, path: str, image: bytes) -> list[bytes]:
