@@ -42,9 +42,9 @@ from imgclf.package import (
     cache_dir,
     is_package_dir,
     load_package,
+    package_name,
     sha256_file,
 )
-from imgclf.package import package_name as valid_name
 from imgclf.preprocess import PreprocessSpec, caffe_spec
 
 KERAS_EXTRA = "pip install 'imgclf[keras]'"
@@ -257,8 +257,9 @@ def nchw_module(model: Any, *, channels_last: bool, binary: str | None) -> Any:
     return KerasClassifier().eval()
 
 
-def package_name(path: Path) -> str:
-    return valid_name(path.stem, "keras-model")
+def model_name(path: Path) -> str:
+    """The package name a Keras file gets unless one is given: its file name, made a valid name."""
+    return package_name(path.stem, "keras-model")
 
 
 def _labels_for(classes: int, labels: list[str] | None, source: str) -> tuple[list[str], str]:
@@ -357,7 +358,7 @@ def import_keras(
                 "labels": label_source,
             },
         )
-        meta = PackageMeta(name=name or package_name(kfile.path), labels=label_list, preprocess=spec,
+        meta = PackageMeta(name=name or model_name(kfile.path), labels=label_list, preprocess=spec,
                            version=version, output_name=output_name, output_kind=kind, provenance=provenance)
         package = write_package(out_dir, onnx_path, meta)
     return KerasImportReport(package, base.base.name if base else None, origin, activation, diff)
@@ -493,7 +494,7 @@ def keras_cache_path(path: str | os.PathLike[str]) -> Path:
     if labels is not None:
         h.update(b"\nlabels\n" + sha256_file(labels).encode())
     # The last component is the package name, which is what `imgclf serve` shows for it.
-    return cache_dir() / "keras" / h.hexdigest()[:24] / package_name(p)
+    return cache_dir() / "keras" / h.hexdigest()[:24] / model_name(p)
 
 
 def cached_keras_package(path: str | os.PathLike[str]) -> Path | None:
