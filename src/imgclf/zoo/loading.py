@@ -10,7 +10,7 @@ from imgclf.preprocess import PreprocessSpec
 from imgclf.zoo import weights as W
 from imgclf.zoo.registry import ZooEntry
 
-KERAS_SUFFIXES = (".h5", ".hdf5")
+KERAS_WEIGHTS_SUFFIXES = (".h5", ".hdf5")  # Keras-applications weights (whole models: imgclf.importers)
 
 
 def preprocess_for(entry: ZooEntry, weights: str | Path | None = None) -> PreprocessSpec:
@@ -18,20 +18,20 @@ def preprocess_for(entry: ZooEntry, weights: str | Path | None = None) -> Prepro
     own (caffe-mode BGR for VGG and ResNet50, [-1, 1] for Inception, Xception and MobileNetV2),
     anything else the entry's spec. Everything that builds a zoo model with ``--weights``
     (predict, export, serve) takes its spec from here."""
-    if weights is not None and is_keras_file(weights):
+    if weights is not None and is_keras_weights(weights):
         from imgclf.zoo.keras import keras_preprocess
 
         return keras_preprocess(entry, weights)
     return entry.preprocess
 
 
-def is_keras_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in KERAS_SUFFIXES
+def is_keras_weights(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in KERAS_WEIGHTS_SUFFIXES
 
 
 def load_weights_file(entry: ZooEntry, path: str | Path, *, include_top: bool = True) -> dict:
     path = Path(path)
-    if is_keras_file(path):
+    if is_keras_weights(path):
         from imgclf.zoo.keras import read_keras_h5
 
         return read_keras_h5(entry, path, include_top=include_top)
@@ -43,7 +43,7 @@ def load_weights_file(entry: ZooEntry, path: str | Path, *, include_top: bool = 
 
 def _architecture(entry: ZooEntry, path: Path | None) -> torch.nn.Module:
     """The entry's model, in its Keras variant for Keras weights (conv biases, TF padding ...)."""
-    if path is not None and is_keras_file(path):
+    if path is not None and is_keras_weights(path):
         from imgclf.zoo.keras import keras_layout
 
         build = keras_layout(entry).build
