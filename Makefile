@@ -25,12 +25,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The typed core: what serving and the model package contract rest on (those that exist).
-MYPY_CORE := $(wildcard $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
-	engines pipeline.py resolve.py classifier.py server data evaluation))
+# The typed core: what serving and the model package contract rest on.
+MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
+	engines pipeline.py resolve.py classifier.py server data evaluation)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy --strict $(MYPY_CORE)
 	$(BIN)/lint-imports
 
