@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasFile, KerasLayer, KerasLayout, tf_spec
+from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 Size = int | tuple[int, int]
@@ -274,7 +274,7 @@ def keras_layout() -> KerasLayout:
     layers = [KerasLayer(None, kind, f"{p}.{sub}") for p in paths for kind, sub in (("conv", "conv"), ("bn", "bn"))]
     layers.append(KerasLayer("predictions", "dense", "fc", top=True))
     stem = "inception_v3_weights_tf_dim_ordering_tf_kernels"
-    files = tuple(KerasFile(f, f"{KERAS_APPLICATIONS_URL}inception_v3/{f}", top)
+    files = tuple(KerasWeightsFile(f, f"{KERAS_APPLICATIONS_URL}inception_v3/{f}", top)
                   for f, top in ((f"{stem}.h5", True), (f"{stem}_notop.h5", False)))
     return KerasLayout(layers=tuple(layers), preprocess=tf_spec(299), files=files,
                        build=partial(Inception3, keras=True))

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from imgclf.preprocess import PreprocessSpec
 from imgclf.zoo.keras_convert import convert_layer, keras_to_torch, match_layers
-from imgclf.zoo.keras_h5 import KerasH5, read_keras_file, read_keras_layers
-from imgclf.zoo.keras_layout import KERAS_APPLICATIONS_URL, KerasFile, KerasLayer, KerasLayout, tf_spec
+from imgclf.zoo.keras_h5 import KerasH5, read_keras_layers, read_keras_weights
+from imgclf.zoo.keras_layout import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
 from imgclf.zoo.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from imgclf.zoo.registry import ZooEntry
 
 __all__ = [
-    "KERAS_APPLICATIONS_URL", "KerasFile", "KerasH5", "KerasLayer", "KerasLayout", "convert_layer", "keras_able",
-    "keras_layout", "keras_preprocess", "keras_to_torch", "match_layers", "read_keras_file", "read_keras_h5",
+    "KERAS_APPLICATIONS_URL", "KerasWeightsFile", "KerasH5", "KerasLayer", "KerasLayout", "convert_layer", "keras_able",
+    "keras_layout", "keras_preprocess", "keras_to_torch", "match_layers", "read_keras_weights", "read_keras_h5",
     "read_keras_layers", "tf_spec",
 ]
 
@@ -75,5 +75,5 @@ def read_keras_h5(entry: ZooEntry, path: str | Path, *, include_top: bool = True
     import torch
 
     layout = keras_layout(entry)
-    state = keras_to_torch(read_keras_file(path), layout, entry.name, include_top=include_top)
+    state = keras_to_torch(read_keras_weights(path), layout, entry.name, include_top=include_top)
     return {k: torch.from_numpy(v) for k, v in state.items()}

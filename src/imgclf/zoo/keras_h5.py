@@ -70,7 +70,7 @@ def _model_config(f: h5py.File) -> dict | None:
     return config if isinstance(config, dict) else {}
 
 
-def read_keras_file(path: str | Path) -> KerasH5:
+def read_keras_weights(path: str | Path) -> KerasH5:
     import h5py
 
     path = Path(path)
@@ -117,4 +117,4 @@ def read_keras_file(path: str | Path) -> KerasH5:
 
 def read_keras_layers(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Layer name -> its weight arrays (Keras order: kernel, then bias), for layers with weights."""
-    return read_keras_file(path).layers
+    return read_keras_weights(path).layers

@@ -38,7 +38,7 @@ class KerasLayer:
 
 
 @dataclass(frozen=True)
-class KerasFile:
+class KerasWeightsFile:
     """A weights file Keras publishes for a model."""
 
     filename: str
@@ -53,7 +53,7 @@ class KerasLayout:
     layers: tuple[KerasLayer, ...]  # every layer with weights, in the Keras model's creation order
     preprocess: PreprocessSpec  # the input the Keras weights expect
     build: Callable[[], torch.nn.Module] | None = None  # the Keras variant; None: the entry's builder
-    files: tuple[KerasFile, ...] = ()
+    files: tuple[KerasWeightsFile, ...] = ()
     # The input size a file name states (MobileNetV2 ..._1.0_160.h5), if any.
     size_from_filename: Callable[[str], int | None] | None = field(default=None, compare=False)
 

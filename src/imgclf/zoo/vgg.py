@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec, caffe_spec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasFile, KerasLayer, KerasLayout
+from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 Layer = int | str  # an int is a 3x3 conv with that many output channels, "M" a 2x2 max-pool
@@ -92,10 +92,10 @@ class VGG(nn.Module):
         self.classifier = nn.Identity()
 
 
-def keras_files(depth: int) -> tuple[KerasFile, ...]:
+def keras_files(depth: int) -> tuple[KerasWeightsFile, ...]:
     stem = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels"
     base = f"{KERAS_APPLICATIONS_URL}vgg{depth}/"
-    return (KerasFile(f"{stem}.h5", f"{base}{stem}.h5"), KerasFile(f"{stem}_notop.h5", f"{base}{stem}_notop.h5", False))
+    return (KerasWeightsFile(f"{stem}.h5", f"{base}{stem}.h5"), KerasWeightsFile(f"{stem}_notop.h5", f"{base}{stem}_notop.h5", False))
 
 
 def keras_layout(cfg: Sequence[Layer], depth: int | None = None) -> KerasLayout:
