@@ -19,7 +19,7 @@ import traceback
 from imgclf import __version__
 from imgclf.errors import UserError
 
-COMMANDS = ["models", "predict", "export", "import_onnx", "serve", "train", "evaluate", "experiment", "finetune"]
+COMMANDS = ["models", "predict", "export", "import_model", "serve", "train", "evaluate", "experiment", "finetune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

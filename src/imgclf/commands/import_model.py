@@ -1,3 +1,5 @@
+"""``imgclf import``: a whole Keras model file or an external ONNX classifier becomes a model package."""
+
 from __future__ import annotations
 
 import argparse
