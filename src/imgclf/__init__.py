@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name in ("train", "finetune"):
-        # Callable packages (see imgclf.training_api): `imgclf.train(...)` loads torch only when used.
+        # Callable packages (imgclf.callable_package): `imgclf.train(...)` loads torch only when used.
         return importlib.import_module(f"imgclf.{name}")
     module = _LAZY.get(name)
     if module is None:
