@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import base64
 import json
-import multiprocessing
 import os
 import re
 import struct
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import Server, package_and_photos  # noqa: E402 - the serving benchmark's server and its photos
+from serve import Server, package_and_photos, run_in_process  # noqa: E402 - the serving benchmark's server and its photos
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -130,20 +129,9 @@ async def _load(port: int, path: str, images: list[bytes], concurrency: int, sec
     return {"ok": ok, "refused": refused, "failures": failures, "other": other_statuses, "seconds": seconds}
 
 
-def _load_process(conn, *args) -> None:  # noqa: ANN001
-    conn.send(asyncio.run(_load(*args)))
-    conn.close()
-
-
 def run_load(*args) -> dict:  # noqa: ANN002
     """The load generator in its own process, so its CPU time never counts as the server's."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_load_process, args=(child, *args))
-    p.start()
-    result = parent.recv()
-    p.join()
-    return result
+    return run_in_process(_load, *args)
 
 
 # -- stall check -----------------------------------------------------------------------------------
@@ -205,19 +193,8 @@ async def _probe(port: int, seconds: float, hostile: list[bytes]) -> dict:
     return {"latencies": lat, "statuses": statuses}
 
 
-def _probe_process(conn, *args) -> None:  # noqa: ANN001
-    conn.send(asyncio.run(_probe(*args)))
-    conn.close()
-
-
 def run_probe(port: int, seconds: float, hostile: list[bytes]) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_probe_process, args=(child, port, seconds, hostile))
-    p.start()
-    result = parent.recv()
-    p.join()
-    return result
+    return run_in_process(_probe, port, seconds, hostile)
 
 
 def main() -> int:

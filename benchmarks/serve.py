@@ -27,8 +27,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -235,22 +238,28 @@ async def _load(port: int, path: str, images: list[bytes], concurrency: int, war
     return {"latencies": latencies, "statuses": statuses, "elapsed": elapsed}
 
 
-def load_process(conn, port: int, path: str, images: list[bytes], concurrency: int, warmup: int,
-                 requests: int, seconds: float, api: str) -> None:
-    conn.send(asyncio.run(_load(port, path, images, concurrency, warmup, requests, seconds, api)))
+def _run_and_send(conn: Connection, coroutine_fn: Callable[..., Coroutine[Any, Any, Any]],
+                  args: tuple[Any, ...]) -> None:
+    conn.send(asyncio.run(coroutine_fn(*args)))
     conn.close()
 
 
-def run_load(port: int, path: str, images: list[bytes], concurrency: int, *, requests: int, seconds: float,
-             api: str) -> dict:
+def run_in_process(coroutine_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+    """``asyncio.run(coroutine_fn(*args))`` in a spawned process of its own, so a load generator's CPU
+    time never counts as the server's; returns its result (``coroutine_fn`` must be module-level)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    warmup = max(8, 2 * concurrency)
-    p = ctx.Process(target=load_process, args=(child, port, path, images, concurrency, warmup, requests, seconds, api))
+    p = ctx.Process(target=_run_and_send, args=(child, coroutine_fn, args))
     p.start()
     result = parent.recv()
     p.join()
     return result
+
+
+def run_load(port: int, path: str, images: list[bytes], concurrency: int, *, requests: int, seconds: float,
+             api: str) -> dict:
+    warmup = max(8, 2 * concurrency)
+    return run_in_process(_load, port, path, images, concurrency, warmup, requests, seconds, api)
 
 
 # -- report ------------------------------------------------------------------------------------
