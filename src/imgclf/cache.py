@@ -1,5 +1,5 @@
-"""Where imgclf keeps what it can rebuild: zoo models exported on demand, decoded datasets and
-frozen-backbone features."""
+"""Where imgclf keeps what it can rebuild: zoo models exported on demand, imported Keras model files,
+decoded datasets and frozen-backbone features."""
 
 from __future__ import annotations
 

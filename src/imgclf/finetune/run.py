@@ -11,7 +11,8 @@
 Both stages (:mod:`imgclf.finetune.stages`) run through :class:`imgclf.train.loop.Trainer` (the
 trainer of ``imgclf train``) with early stopping on validation accuracy; each keeps its best
 checkpoint, and the better of the two is exported. The package directory ``--out`` then also
-holds the metrics, learning curves, confusion matrices, a grid of the worst-classified validation images and ``report.md``.
+holds the metrics, learning curves, confusion matrices, a grid of the worst-classified validation
+images and ``report.md``.
 Training state lives in ``OUT/training/`` (:mod:`imgclf.finetune.state`) until the package is
 written, so ``--resume`` can continue an interrupted run (the same rules as ``imgclf train
 --resume``: :mod:`imgclf.train.resume_options`). The package is written by the one publish step
