@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
+from imgclf.zoo.keras import (
+    KerasLayer,
+    KerasLayout,
+    keras_weights_files,
+    tf_spec,
+)
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 Size = int | tuple[int, int]
@@ -274,8 +279,7 @@ def keras_layout() -> KerasLayout:
     layers = [KerasLayer(None, kind, f"{p}.{sub}") for p in paths for kind, sub in (("conv", "conv"), ("bn", "bn"))]
     layers.append(KerasLayer("predictions", "dense", "fc", top=True))
     stem = "inception_v3_weights_tf_dim_ordering_tf_kernels"
-    files = tuple(KerasWeightsFile(f, f"{KERAS_APPLICATIONS_URL}inception_v3/{f}", top)
-                  for f, top in ((f"{stem}.h5", True), (f"{stem}_notop.h5", False)))
+    files = keras_weights_files("inception_v3", stem)
     return KerasLayout(layers=tuple(layers), preprocess=tf_spec(299), files=files,
                        build=partial(Inception3, keras=True))
 

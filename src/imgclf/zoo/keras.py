@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING
 from imgclf.preprocess import PreprocessSpec
 from imgclf.zoo.keras_convert import convert_layer, keras_to_torch, match_layers
 from imgclf.zoo.keras_h5 import KerasH5, read_keras_layers, read_keras_weights
-from imgclf.zoo.keras_layout import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
+from imgclf.zoo.keras_layout import (
+    KERAS_APPLICATIONS_URL,
+    KerasLayer,
+    KerasLayout,
+    KerasWeightsFile,
+    keras_weights_files,
+    tf_spec,
+)
 from imgclf.zoo.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KERAS_APPLICATIONS_URL", "KerasWeightsFile", "KerasH5", "KerasLayer", "KerasLayout", "convert_layer", "keras_able",
-    "keras_layout", "keras_preprocess", "keras_to_torch", "match_layers", "read_keras_weights", "read_keras_h5",
+    "keras_layout", "keras_preprocess", "keras_to_torch", "keras_weights_files", "match_layers", "read_keras_weights", "read_keras_h5",
     "read_keras_layers", "tf_spec",
 ]
 

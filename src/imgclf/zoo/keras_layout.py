@@ -46,6 +46,13 @@ class KerasWeightsFile:
     include_top: bool = True
 
 
+def keras_weights_files(folder: str, name: str, notop: str = "_notop") -> tuple[KerasWeightsFile, KerasWeightsFile]:
+    """The two files Keras publishes under ``keras-applications/<folder>/``: ``<name>.h5`` with the
+    classifier and ``<name><notop>.h5`` without it."""
+    return (KerasWeightsFile(f"{name}.h5", f"{KERAS_APPLICATIONS_URL}{folder}/{name}.h5"),
+            KerasWeightsFile(f"{name}{notop}.h5", f"{KERAS_APPLICATIONS_URL}{folder}/{name}{notop}.h5", False))
+
+
 @dataclass(frozen=True)
 class KerasLayout:
     """How a Keras application maps onto a zoo model (stored in ``ZooEntry.extra["keras"]``)."""

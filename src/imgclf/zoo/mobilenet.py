@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
+from imgclf.zoo.keras import (
+    KerasLayer,
+    KerasLayout,
+    keras_weights_files,
+    tf_spec,
+)
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 from imgclf.zoo.tf_padding import Conv2dSame
 
@@ -134,8 +139,7 @@ def keras_layout() -> KerasLayout:
                # keras-applications 1.0 (which wrote the published files) named the classifier 'Logits'.
                KerasLayer("predictions", "dense", "classifier.1", top=True, aliases=("Logits",))]
     stem = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels"
-    files = tuple(KerasWeightsFile(f, f"{KERAS_APPLICATIONS_URL}mobilenet_v2/{f}", top)
-                  for f, top in ((f"{stem}_1.0_224.h5", True), (f"{stem}_1.0_224_no_top.h5", False)))
+    files = keras_weights_files("mobilenet_v2", f"{stem}_1.0_224", notop="_no_top")
     return KerasLayout(layers=tuple(layers), preprocess=tf_spec(224), files=files,
                        build=partial(MobileNetV2, keras=True), size_from_filename=_keras_size)
 

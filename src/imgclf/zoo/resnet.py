@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec, caffe_spec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile
+from imgclf.zoo.keras import (
+    KerasLayer,
+    KerasLayout,
+    keras_weights_files,
+)
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 KERAS_BN_EPS = 1.001e-5
@@ -109,8 +113,7 @@ def keras_layout(layers: tuple[int, ...] = (3, 4, 6, 3), name: str = "resnet50")
     # keras-applications 1.0 (which wrote the published file) named the classifier 'probs'.
     out.append(KerasLayer("predictions", "dense", "fc", top=True, aliases=("probs",)))
     stem = f"{name}_weights_tf_dim_ordering_tf_kernels"
-    files = tuple(KerasWeightsFile(f, f"{KERAS_APPLICATIONS_URL}resnet/{f}", top)
-                  for f, top in ((f"{stem}.h5", True), (f"{stem}_notop.h5", False)))
+    files = keras_weights_files("resnet", stem)
     return KerasLayout(layers=tuple(out), preprocess=caffe_spec(224), files=files,
                        build=partial(ResNet, layers, keras=True))
 

@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec, caffe_spec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile
+from imgclf.zoo.keras import (
+    KerasLayer,
+    KerasLayout,
+    KerasWeightsFile,
+    keras_weights_files,
+)
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 
 Layer = int | str  # an int is a 3x3 conv with that many output channels, "M" a 2x2 max-pool
@@ -93,9 +98,7 @@ class VGG(nn.Module):
 
 
 def keras_files(depth: int) -> tuple[KerasWeightsFile, ...]:
-    stem = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels"
-    base = f"{KERAS_APPLICATIONS_URL}vgg{depth}/"
-    return (KerasWeightsFile(f"{stem}.h5", f"{base}{stem}.h5"), KerasWeightsFile(f"{stem}_notop.h5", f"{base}{stem}_notop.h5", False))
+    return keras_weights_files(f"vgg{depth}", f"vgg{depth}_weights_tf_dim_ordering_tf_kernels")
 
 
 def keras_layout(cfg: Sequence[Layer], depth: int | None = None) -> KerasLayout:

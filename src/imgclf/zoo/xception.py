@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.preprocess import PreprocessSpec
-from imgclf.zoo.keras import KERAS_APPLICATIONS_URL, KerasLayer, KerasLayout, KerasWeightsFile, tf_spec
+from imgclf.zoo.keras import (
+    KerasLayer,
+    KerasLayout,
+    keras_weights_files,
+    tf_spec,
+)
 from imgclf.zoo.registry import WeightSource, ZooEntry, register
 from imgclf.zoo.tf_padding import MaxPool2dSame
 
@@ -133,8 +138,7 @@ def keras_layout() -> KerasLayout:
                    KerasLayer(f"block14_sepconv{j}_bn", "bn", bn)]
     layers.append(KerasLayer("predictions", "dense", "fc", top=True))
     stem = "xception_weights_tf_dim_ordering_tf_kernels"
-    files = tuple(KerasWeightsFile(f, f"{KERAS_APPLICATIONS_URL}xception/{f}", top)
-                  for f, top in ((f"{stem}.h5", True), (f"{stem}_notop.h5", False)))
+    files = keras_weights_files("xception", stem)
     return KerasLayout(layers=tuple(layers), preprocess=tf_spec(299), files=files,
                        build=partial(Xception, keras=True))
 
