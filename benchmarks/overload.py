@@ -27,9 +27,11 @@ import json
 import multiprocessing
 import os
 import re
+import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -170,39 +172,42 @@ def hostile_bodies(port: int, model: str) -> list[bytes]:
     ]
 
 
+def _attack(port: int, seconds: float, hostile: list[bytes], statuses: list[int]) -> None:
+    """Sends the hostile bodies one after another (blocking sockets, on a thread of its own: an
+    asyncio writer would copy a 20 MB buffer around on the probe's own loop and stall the probe)."""
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(hostile[i % len(hostile)])
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+        statuses.append(int(head.split(b" ", 2)[1]) if head else 0)
+        i += 1
+
+
 async def _probe(port: int, seconds: float, hostile: list[bytes]) -> dict:
     lat: list[float] = []
     statuses: list[int] = []
-    done = asyncio.Event()
-
-    async def probe() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        req = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        while not done.is_set():
-            t0 = time.perf_counter()
-            writer.write(req)
-            await read_response(reader)
-            lat.append(time.perf_counter() - t0)
-            await asyncio.sleep(0.01)
-        writer.close()
-
-    async def attack() -> None:
-        end = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < end:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(hostile[i % len(hostile)])
-            status, _, _ = await read_response(reader)
-            statuses.append(status)
-            writer.close()
-            i += 1
-        done.set()
-
-    async def idle() -> None:
-        await asyncio.sleep(seconds)
-        done.set()
-
-    await asyncio.gather(probe(), attack() if hostile else idle())
+    attacker = threading.Thread(target=_attack, args=(port, seconds, hostile, statuses)) if hostile else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    req = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    if attacker is not None:
+        attacker.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        writer.write(req)
+        await read_response(reader)
+        lat.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.01)
+    writer.close()
+    if attacker is not None:
+        await asyncio.to_thread(attacker.join)
     return {"latencies": lat, "statuses": statuses}
 
 
