@@ -218,10 +218,10 @@ def main() -> int:
     ap.add_argument("--server-args", default="", help="extra `imgclf serve` arguments")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
     from imgclf.package import load_package
+    from imgclf.resolve import package_dirs
 
-    (package,) = resolve_models([args.package], None)
+    (package,) = package_dirs([args.package], None)
     model = load_package(package).name
     with tempfile.TemporaryDirectory() as tmp:
         photos = read_images(args.images, Path(tmp))

@@ -145,10 +145,10 @@ def main() -> int:
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
     from imgclf.package import load_package
+    from imgclf.resolve import package_dirs
 
-    (package,) = resolve_models([args.package], None)
+    (package,) = package_dirs([args.package], None)
     name = load_package(package).name
     with tempfile.TemporaryDirectory() as tmp:
         images = read_images(args.images, Path(tmp))

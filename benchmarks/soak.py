@@ -79,10 +79,10 @@ def main() -> int:
     ap.add_argument("--images", help="folder of photos to send (default: the sample photos, as JPEG)")
     args = ap.parse_args()
 
-    from imgclf.commands.serve import resolve_models
     from imgclf.package import load_package
+    from imgclf.resolve import package_dirs
 
-    (package,) = resolve_models([args.package], None)
+    (package,) = package_dirs([args.package], None)
     name = load_package(package).name
     with tempfile.TemporaryDirectory() as tmp:
         images = read_images(args.images, Path(tmp))
