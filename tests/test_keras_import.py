@@ -323,7 +323,7 @@ def test_tf_keras2_hdf5_file_matches_an_independent_forward_pass(tmp_path, photo
 # ------------------------------------------------------------------ predict / serve import once, cached
 
 def test_ensure_keras_package_imports_once_keyed_by_content(tmp_path, monkeypatch, capsys, sample_jpegs):
-    from imgclf.importers import keras as importer
+    from imgclf.importers import keras_cache as importer
     from imgclf.resolve import ensure_package
 
     monkeypatch.setenv("IMGCLF_HOME", str(tmp_path / "home"))

@@ -181,7 +181,7 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     if ref.kind == "keras":
         if weights:
             raise UserError("--weights applies to zoo models, not to a Keras model file")
-        from imgclf.importers.keras import ensure_keras_package
+        from imgclf.importers.keras_cache import ensure_keras_package
 
         return ensure_keras_package(model, quiet=quiet)
     if ref.kind == "checkpoint":
@@ -226,7 +226,7 @@ def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None
         if ref.kind == "checkpoint":
             raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
         if ref.kind == "keras":
-            from imgclf.importers.keras import (
+            from imgclf.importers.keras_cache import (
                 cached_keras_package,  # reads the cache only: no Keras, no torch
             )
 

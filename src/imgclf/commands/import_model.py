@@ -54,7 +54,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_keras(args: argparse.Namespace) -> int:
-    from imgclf.importers.keras import import_keras, sidecar_labels_file
+    from imgclf.importers.keras import import_keras
+    from imgclf.importers.keras_cache import sidecar_labels_file
     from imgclf.package import read_labels_file
 
     labels_file = args.labels or sidecar_labels_file(args.model)  # model.labels.txt beside the model

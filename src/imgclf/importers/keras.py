@@ -5,21 +5,17 @@ a ``torch.nn.Module``, so it is wrapped with a transpose from imgclf's NCHW inpu
 channels-last layout and exported to ONNX by the same exporter and ONNX Runtime check as the zoo.
 Preprocessing and output kind are detected (:mod:`imgclf.importers.keras_detect`); command-line
 flags override the preprocessing. ``imgclf serve --model model.h5`` imports once into a cache keyed
-by the file's content (:func:`ensure_keras_package`).
+by the file's content (:mod:`imgclf.importers.keras_cache`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import importlib
-import logging
 import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +30,12 @@ from imgclf.importers.keras_detect import (
     input_rescaling_layer,
     spec_for_mode,
 )
-from imgclf.importers.keras_file import KerasFile, KerasImportError, check_layers, read_keras_file
+from imgclf.importers.keras_export import batch_size_check, check_photo, export_model, run_module
+from imgclf.importers.keras_file import KerasFile, KerasImportError, check_layers, first_line, read_keras_file
 from imgclf.package import (
     ModelPackage,
     PackageMeta,
     Provenance,
-    cache_dir,
-    is_package_dir,
-    load_package,
     package_name,
     sha256_file,
 )
@@ -93,11 +87,6 @@ def load_keras() -> Any:
     return keras
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # Layer classes Keras' own applications define outside keras.layers (module, class name).
 _APPLICATION_LAYERS = (("keras.src.applications.convnext", "LayerScale"),
                        ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"))
@@ -133,7 +122,7 @@ def load_keras_model(kfile: KerasFile) -> Any:
                 warnings.simplefilter("ignore")
                 return keras.models.load_model(path, custom_objects=own, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - Keras raises many types; the user needs one line
-            raise KerasImportError(f"{kfile.path.name}: Keras cannot load the model: {_first_line(exc)}") from None
+            raise KerasImportError(f"{kfile.path.name}: Keras cannot load the model: {first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -312,12 +301,12 @@ def import_keras(
     from imgclf.package import write_package
 
     if check_image is None:
-        check_image = _check_photo()
+        check_image = check_photo()
     try:
-        reference = _run(module, spec, check_image)
+        reference = run_module(module, spec, check_image)
     except Exception as exc:  # noqa: BLE001 - whatever Keras raises on a layer it cannot run
         raise KerasImportError(f"{source}: the model does not run on a {spec.input_size}px image: "
-                               f"{_first_line(exc)}") from None
+                               f"{first_line(exc)}") from None
     if kind is None:
         # An output layer without a telling activation: a softmax output sums to one.
         sums_to_one = bool(np.all(reference >= 0) and np.allclose(reference.sum(axis=1), 1.0, atol=1e-3))
@@ -328,9 +317,9 @@ def import_keras(
         export_model(module, spec, onnx_path, output_name, source)
         try:
             diff, top_keras, top_onnx, _scale = verify_onnx(module, onnx_path, spec, check_image)
-            diff = max(diff, _batch_size_check(module, onnx_path, spec, check_image))
+            diff = max(diff, batch_size_check(module, onnx_path, spec, check_image))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are long; one line is enough
-            raise KerasImportError(f"{source}: the exported ONNX model does not run: {_first_line(exc)}") from None
+            raise KerasImportError(f"{source}: the exported ONNX model does not run: {first_line(exc)}") from None
         tolerance = 1e-3 * max(1.0, float(np.abs(reference).max()))
         top2 = np.sort(reference[0])[-2:]
         # The top-1 class must agree unless Keras itself has a near-tie (an untrained binary head).
@@ -362,163 +351,3 @@ def import_keras(
                            version=version, output_name=output_name, output_kind=kind, provenance=provenance)
         package = write_package(out_dir, onnx_path, meta)
     return KerasImportReport(package, base.base.name if base else None, origin, activation, diff)
-
-
-@contextlib.contextmanager
-def _silenced_output() -> Iterator[None]:
-    """On failure the TorchScript exporter prints the whole graph from C++ (file descriptors 1
-    and 2, out of Python's reach); the user needs none of it."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
-def export_model(module: Any, spec: PreprocessSpec, path: Path, output_name: str, source: str) -> None:
-    """ONNX with a dynamic batch dimension: the TorchScript exporter (quick, exact for plain CNNs),
-    else torch.export, which also takes layers whose shapes the tracer cannot keep static
-    (LayerNormalization, for one)."""
-    import torch
-
-    from imgclf.export import OPSET, export_onnx
-
-    try:
-        with _silenced_output():
-            export_onnx(module, spec, path, output_name=output_name)
-        return
-    except Exception:  # noqa: BLE001, S110 - the second exporter gets its chance below
-        pass
-    dummy = torch.zeros(2, spec.channels, spec.input_size, spec.input_size)
-    quiet = logging.getLogger("torch.onnx")  # it warns about torchvision ops a classifier never uses
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module, (dummy,), input_names=["input"], output_names=[output_name],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=max(OPSET, 18),
-                dynamo=True, verbose=False,
-            )
-            program.save(str(path))
-    except Exception as exc:  # noqa: BLE001 - the exporter's errors are long; one line is enough
-        raise KerasImportError(f"{source}: cannot export the model to ONNX: {_first_line(exc)}") from None
-    finally:
-        quiet.setLevel(level)
-
-
-def _batch_size_check(module: Any, onnx_path: Path, spec: PreprocessSpec, image: Any) -> float:
-    """Max abs difference on batches of 1 and 3: a batch size baked into the graph fails here."""
-    import onnxruntime as ort
-    import torch
-
-    from imgclf.preprocess import preprocess
-
-    x = preprocess(image, spec)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for batch in (x[None], np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])):
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        with torch.inference_mode():
-            ref = module(torch.from_numpy(batch)).float().numpy()
-        got = sess.run(None, {sess.get_inputs()[0].name: batch})[0]
-        if got.shape != ref.shape:
-            raise KerasImportError(f"ONNX output shape {got.shape} for a batch of {len(batch)}, expected {ref.shape}")
-        worst = max(worst, float(np.abs(ref - got).max()))
-    return worst
-
-
-def _check_photo() -> np.ndarray:
-    """A real photo when scikit-image or scikit-learn ships one, else a fixed synthetic image."""
-    from imgclf.samples import reference_photo
-
-    try:
-        return reference_photo()
-    except RuntimeError:
-        rng = np.random.default_rng(0)
-        y, x = np.mgrid[0:320, 0:400]
-        smooth = np.stack([x * 255 / 400, y * 255 / 320, (x + y) * 255 / 720], axis=-1)
-        return np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
-
-
-def _as_tensor(image: Any, spec: PreprocessSpec) -> Any:
-    import torch
-
-    from imgclf.preprocess import preprocess
-
-    return torch.from_numpy(preprocess(image, spec)[None])
-
-
-def _run(module: Any, spec: PreprocessSpec, image: Any) -> Any:
-    import torch
-
-    with torch.inference_mode():
-        return module(_as_tensor(image, spec)).float().numpy()
-
-
-
-# --- imported once, served from the cache ------------------------------------------------------
-
-LABEL_SIDECARS = ("{stem}.labels.txt", "labels.txt")
-
-
-def sidecar_labels_file(path: str | os.PathLike[str]) -> Path | None:
-    """``model.labels.txt`` (or ``labels.txt``) beside ``model.h5``: the class names of a served file."""
-    p = Path(path)
-    for pattern in LABEL_SIDECARS:
-        candidate = p.with_name(pattern.format(stem=p.stem))
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def keras_cache_path(path: str | os.PathLike[str]) -> Path:
-    """Where the package imported from this file lives: keyed by the file's and its labels' content."""
-    p = Path(path)
-    if not p.is_file():
-        raise KerasImportError(f"Keras model file not found: {p}")
-    h = hashlib.sha256(f"imgclf-keras-import-{IMPORTER_VERSION}\n".encode())
-    h.update(sha256_file(p).encode())
-    labels = sidecar_labels_file(p)
-    if labels is not None:
-        h.update(b"\nlabels\n" + sha256_file(labels).encode())
-    # The last component is the package name, which is what `imgclf serve` shows for it.
-    return cache_dir() / "keras" / h.hexdigest()[:24] / model_name(p)
-
-
-def cached_keras_package(path: str | os.PathLike[str]) -> Path | None:
-    """The cached package for this file, if it was imported before (needs neither Keras nor torch)."""
-    target = keras_cache_path(path)
-    return target if is_package_dir(target) else None
-
-
-def ensure_keras_package(path: str | os.PathLike[str], *, quiet: bool = False) -> ModelPackage:
-    """A package for a Keras model file: imported once, then read from the cache.
-
-    The class names come from a labels file beside the model (``model.labels.txt`` or
-    ``labels.txt``), or are ImageNet's for a 1000-way head.
-    """
-    target = keras_cache_path(path)
-    if is_package_dir(target):
-        return load_package(target)
-    labels_file = sidecar_labels_file(path)
-    labels = None
-    if labels_file is not None:
-        from imgclf.package import read_labels_file
-
-        labels = read_labels_file(labels_file)
-    if not quiet:
-        # stderr: stdout may be a JSON answer (imgclf predict --json).
-        print(f"importing {path} into {target} (once) ...", file=sys.stderr, flush=True)
-    return import_keras(path, target, labels=labels).package

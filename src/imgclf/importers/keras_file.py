@@ -155,3 +155,9 @@ def check_layers(kfile: KerasFile, is_keras_layer: Callable[[str], bool]) -> Non
         layer, why = bad[0]
         more = f" (and {len(bad) - 1} more unsupported layer(s))" if len(bad) > 1 else ""
         raise KerasImportError(f"{kfile.path.name}: layer '{layer_name(layer)}' {why}{more}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: exporters and runtimes write pages; a user needs one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
