@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.engines.outputs import Array, to_probabilities
+from imgclf.engines.base import LogitsEngine
+from imgclf.engines.outputs import Array
 from imgclf.package import ModelPackage, OutputKind, PackageError
 from imgclf.preprocess import PreprocessSpec
 
@@ -26,7 +26,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class OnnxEngine:
+class OnnxEngine(LogitsEngine):
     """ONNX Runtime session over a model package, validated against its metadata at load."""
 
     def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
@@ -69,11 +69,3 @@ class OnnxEngine:
         out: Array = self.session.run([self.output_name], feed)[0]
         return out
 
-    def probabilities(self, batch: Array) -> Array:
-        return to_probabilities(self.logits(batch), self.output_kind)
-
-    def warmup(self, batch_sizes: Iterable[int] = (1,)) -> None:
-        # The first run at a batch shape allocates ONNX Runtime's buffers for it.
-        s = self.spec
-        for n in batch_sizes:
-            self.logits(np.zeros((n, s.channels, s.input_size, s.input_size), np.float32))

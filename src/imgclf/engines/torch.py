@@ -7,12 +7,13 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from imgclf.engines.outputs import Array, to_probabilities
+from imgclf.engines.base import LogitsEngine
+from imgclf.engines.outputs import Array
 from imgclf.package import OutputKind
 from imgclf.preprocess import PreprocessSpec
 
 
-class TorchEngine:
+class TorchEngine(LogitsEngine):
     def __init__(self, model: torch.nn.Module, *, name: str, labels: Iterable[str], spec: PreprocessSpec,
                  version: str = "1", output_kind: OutputKind = "logits") -> None:
         self.model = model.eval()
@@ -28,10 +29,3 @@ class TorchEngine:
         out: Array = self.model(x).float().numpy()
         return out
 
-    def probabilities(self, batch: Array) -> Array:
-        return to_probabilities(self.logits(batch), self.output_kind)
-
-    def warmup(self, batch_sizes: Iterable[int] = (1,)) -> None:
-        s = self.spec
-        for n in batch_sizes:
-            self.logits(np.zeros((n, s.channels, s.input_size, s.input_size), np.float32))
