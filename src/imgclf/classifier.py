@@ -8,8 +8,8 @@
 
 Every input goes through the same steps as ``imgclf predict`` and the server: encoded images
 (file paths, bytes) through the one decode path (:func:`imgclf.images.decode`: EXIF orientation,
-every mode to RGB, the pixel limit), then the model's own preprocessing spec. A PIL image is
-written losslessly and decoded by that same path, so it gets exactly the conversion a file gets.
+every mode to RGB, the pixel limit), then the model's own preprocessing spec. A PIL image goes through the same
+conversion step of that path (:func:`imgclf.images.image_to_rgb`), so it gets exactly what a file gets.
 A numpy array is taken as decoded pixels: ``(H, W, 3)`` uint8 RGB goes straight to the
 preprocessing; grey ``(H, W)``/``(H, W, 1)`` (uint8 or uint16) and RGBA ``(H, W, 4)`` go through
 the decode path's mode conversion first (grey to RGB, transparency onto white). Arrays in BGR
@@ -18,7 +18,6 @@ order (OpenCV) must be flipped first: ``pixels[..., ::-1]``.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ from PIL import Image
 
 from imgclf.engine import Array, Engine, OutputKind, Prediction, top_k
 from imgclf.errors import UserError
-from imgclf.images import ImageDecodeError, decode
+from imgclf.images import ImageDecodeError, decode, image_to_rgb
 from imgclf.pipeline import prepare
 from imgclf.preprocess import PreprocessSpec, preprocess
 
@@ -41,9 +40,6 @@ if TYPE_CHECKING:
     from imgclf.resolve import Runtime
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image | npt.NDArray[Any]"
-
-# PIL modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, float) is written as TIFF.
-_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
 
 class ImageInputError(UserError, ValueError):
@@ -219,7 +215,7 @@ def to_pixels(x: ImageInput) -> npt.NDArray[np.uint8]:
     if isinstance(x, (bytes, bytearray, memoryview)):
         return decode(bytes(x))
     if isinstance(x, Image.Image):
-        return decode(_lossless_bytes(x))
+        return image_to_rgb(x)
     if isinstance(x, np.ndarray):
         return _array_pixels(x)
     raise TypeError(f"cannot classify a {type(x).__name__}: pass a file path, image bytes, a PIL image "
@@ -244,22 +240,7 @@ def _array_pixels(a: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
             + ("; for floats in 0-255 use a.astype(np.uint8)" if a.dtype.kind == "f" else ""))
     if 0 in a.shape:
         raise ImageInputError(f"the array {a.shape} holds no pixels")
-    return decode(_lossless_bytes(Image.fromarray(np.ascontiguousarray(a))))
-
-
-def _lossless_bytes(img: Image.Image) -> bytes:
-    """Write a PIL image without loss (mode, palette, transparency, EXIF kept) for the decode path."""
-    buf = io.BytesIO()
-    fmt = "PNG" if img.mode in _PNG_MODES else "TIFF"
-    params: dict[str, Any] = {}
-    exif = img.getexif()
-    if exif:
-        params["exif"] = exif
-    try:
-        img.save(buf, fmt, **params)
-    except (OSError, ValueError) as exc:
-        raise ImageInputError(f"cannot use a PIL image of mode {img.mode}: {exc}") from None
-    return buf.getvalue()
+    return image_to_rgb(Image.fromarray(np.ascontiguousarray(a)))
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:

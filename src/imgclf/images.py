@@ -17,6 +17,7 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,8 @@ def check_size(w: int, h: int, max_pixels: int, max_aspect_ratio: float = DEFAUL
 
 
 _REDUCIBLE_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "I", "F"})
+# 16/32-bit grey: scaled to 8 bits over their range, not clipped at 255.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -130,7 +133,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img if mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode in _WIDE_GREY_MODES:
         return _grey_to_rgb(img, _grey_top(img))
     # L, 1, CMYK, YCbCr, LAB, HSV ...
     return img.convert("RGB")
@@ -197,6 +200,11 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
         if scale > 1:  # libjpeg decodes straight at 1/scale: ~scale^2 less work and memory
             img.draft(None, (w // scale, h // scale))
     img.load()  # first frame only: animations are never walked (n_frames reads the whole file)
+    return _upright_rgb(img, min_side)
+
+
+def _upright_rgb(img: Image.Image, min_side: int | None) -> Image.Image:
+    """A loaded image -> RGB, box-reduced for ``min_side`` and turned upright by its EXIF orientation."""
     orientation = _orientation(img)
     pixels: Image.Image = img
     if min_side:
@@ -206,7 +214,7 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
         # alpha keeps the compositing on white exact); palettes cannot be averaged, they go first.
         factor = min(img.size) // (2 * min_side)
         if factor >= 2:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # the range of the full image
+            if img.mode in _WIDE_GREY_MODES:  # the range of the full image
                 top = _grey_top(img)  # reduce has no 16-bit path: average those as 32-bit
                 pixels = _grey_to_rgb((img if img.mode in ("I", "F") else img.convert("I")).reduce(factor), top)
             else:
@@ -232,11 +240,30 @@ def decode(data: bytes, *, max_pixels: int | None = None, min_side: int | None =
     aspect = DEFAULT_MAX_ASPECT_RATIO if max_aspect_ratio is None else max_aspect_ratio
     if not data:
         raise EmptyImageError("empty input: the file has no bytes")
+    return _rgb_array(lambda: _decode(data, limit, aspect, min_side))
+
+
+def image_to_rgb(img: Image.Image, *, max_pixels: int | None = None,
+                 max_aspect_ratio: float | None = None) -> npt.NDArray[np.uint8]:
+    """An already-open PIL image (its current frame) -> ``(H, W, 3)`` RGB uint8 array: the size limits,
+    mode conversion and EXIF orientation of :func:`decode`, without encoding it again."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    aspect = DEFAULT_MAX_ASPECT_RATIO if max_aspect_ratio is None else max_aspect_ratio
+
+    def convert() -> Image.Image:
+        check_size(*img.size, limit, aspect)
+        img.load()
+        return _upright_rgb(img, None)
+
+    return _rgb_array(convert)
+
+
+def _rgb_array(make_rgb: Callable[[], Image.Image]) -> npt.NDArray[np.uint8]:
+    """Run a decode step; any failure of the decoders becomes an :class:`ImageDecodeError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rgb = _decode(data, limit, aspect, min_side)
-            arr = np.asarray(rgb, dtype=np.uint8)
+            arr = np.asarray(make_rgb(), dtype=np.uint8)
     except ImageDecodeError:
         raise
     except MemoryError:

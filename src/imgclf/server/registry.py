@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from imgclf.engine import Engine, OutputKind
 from imgclf.engines.onnxruntime import OnnxEngine
@@ -55,26 +54,6 @@ class ServedModel:
     @property
     def output_name(self) -> str:
         return self.package.meta.output_name if self.package else "logits"
-
-    def info(self, config: ServerConfig) -> dict[str, Any]:
-        meta = self.package.meta.to_dict() if self.package else {}
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ready": True,
-            "num_classes": len(self.labels),
-            "labels": list(self.labels),
-            "preprocess": self.spec.to_dict(),
-            "output_kind": self.output_kind,
-            "provenance": meta.get("provenance", {}),
-            "batching": {
-                "max_batch_size": self.batcher.max_batch_size,
-                "max_delay_ms": self.batcher.max_delay_s * 1000.0,
-                "queue_size": self.batcher.queue_size,
-                "timeout_s": config.request_timeout_s,
-            },
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
-        }
 
 
 class ModelRegistry:
