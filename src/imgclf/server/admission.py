@@ -10,14 +10,13 @@ never refused after its upload. :class:`AdmissionGate` answers the same 429 befo
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgclf.server.batcher import Admission, BatcherClosedError, QueueFullError
-from imgclf.server.errors import ERROR_CODE_KEY, ApiError, error_body, queue_full
+from imgclf.server.errors import ApiError, queue_full, send_error
 from imgclf.server.registry import ModelRegistry, ServedModel
 from imgclf.server.state import ENDPOINT_KEY, MODEL_KEY
 
@@ -78,12 +77,7 @@ class AdmissionGate:
             found = self._full_model(scope["path"])
             if found is not None:
                 model, template = found
-                error = queue_full(model.name, model.batcher.retry_after_s())
-                scope[MODEL_KEY], scope[ENDPOINT_KEY], scope[ERROR_CODE_KEY] = model.name, template, error.code
-                body = json.dumps(error_body(scope["path"], error.code, error.message)).encode()
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                headers += [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
-                await send({"type": "http.response.start", "status": 429, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                scope[MODEL_KEY], scope[ENDPOINT_KEY] = model.name, template
+                await send_error(scope, send, queue_full(model.name, model.batcher.retry_after_s()))
                 return
         await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ traceback. Under ``/v2`` the Open Inference Protocol fixes the shape instead: ``
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import Scope, Send
 
 log = logging.getLogger("imgclf.server")
 
@@ -95,6 +97,17 @@ def error_body(path: str, code: str, message: str) -> dict[str, Any]:
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
         return {"error": message, "code": code}
     return {"error": {"code": code, "message": message}}
+
+
+async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
+    """Answer ``error`` from ASGI middleware, before or outside the app: the same body and headers
+    (``Retry-After`` ...) as the handlers give, and its code left for the metrics."""
+    scope[ERROR_CODE_KEY] = error.code
+    body = json.dumps(error_body(scope.get("path", ""), error.code, error.message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(request: Request, status: int, code: str, message: str,

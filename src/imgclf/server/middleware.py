@@ -11,13 +11,12 @@ bytes and time, and only then lets the connection close.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.server.errors import ERROR_CODE_KEY, ApiError, error_body
+from imgclf.server.errors import ERROR_CODE_KEY, ApiError, send_error
 from imgclf.server.metrics import Metrics
 from imgclf.server.state import ENDPOINT_KEY, INFER_KEY, MODEL_KEY
 
@@ -109,13 +108,7 @@ class BodyGuardMiddleware:
         await self.app(scope, guarded_receive, self._lingering_send(scope, receive, send, body))
 
     async def _error(self, scope: Scope, receive: Receive, send: Send, body: _Body, error: ApiError) -> None:
-        scope[ERROR_CODE_KEY] = error.code
-        content = json.dumps(error_body(scope.get("path", ""), error.code, error.message)).encode()
-        linger = self._lingering_send(scope, receive, send, body)
-        await linger({"type": "http.response.start", "status": error.status_code,
-                      "headers": [(b"content-type", b"application/json"),
-                                  (b"content-length", str(len(content)).encode())]})
-        await linger({"type": "http.response.body", "body": content})
+        await send_error(scope, self._lingering_send(scope, receive, send, body), error)
 
     def _lingering_send(self, scope: Scope, receive: Receive, send: Send, body: _Body) -> Send:
         linger = False
