@@ -117,7 +117,7 @@ def export_zoo_model(name: str, out_dir: str | os.PathLike[str], *, weights: str
     src = entry.weights
     official = src is not None and not weights
     provenance = Provenance(
-        architecture=entry.name, task="export", family=entry.family, num_params=entry.num_params,
+        architecture=entry.name, task="export", family=entry.family,  # num_params: counted on the built model
         weights=weights or (src.filename if src else None),
         weights_source="file" if weights else availability(entry),
         weights_url=src.url if official and src else None,
