@@ -178,18 +178,16 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
     which runs the export in a separate process.
     """
     ref = locate(model)
-    if ref.kind == "keras":
-        if weights:
-            raise UserError("--weights applies to zoo models, not to a Keras model file")
-        from imgclf.importers.keras_cache import ensure_keras_package
-
-        return ensure_keras_package(model, quiet=quiet)
     if ref.kind == "checkpoint":
         raise PackageError(f"{model} is not a model package (a folder with model.json and model.onnx); "
                            "a training run writes its package to the run's package/ folder")
+    if weights and ref.kind != "zoo":
+        raise UserError(f"--weights applies to zoo models, not to a {KIND_WORDS[ref.kind]}")
+    if ref.kind == "keras":
+        from imgclf.importers.keras_cache import ensure_keras_package
+
+        return ensure_keras_package(model, quiet=quiet)
     if ref.kind == "package":
-        if weights:
-            raise UserError("--weights applies to zoo models, not to a package directory")
         assert ref.path is not None
         return load_package(ref.path)
     entry = zoo_entry(model)  # an unknown name fails here, before any export message
