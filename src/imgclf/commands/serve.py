@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model). Default: every package in --model-dir, else efficientnet_lite0")
     p.add_argument("--model-dir", metavar="DIR",
                    help="folder of model packages that the management API can load and unload by name")
+    p.add_argument("--store-poll-s", type=float, default=2.0, metavar="S",
+                   help="seconds between looks at --model-dir for version changes another server made "
+                        "(versions.json; default 2, 0: never)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch-size", type=int, default=16, help="images per ONNX Runtime call (default 16)")
@@ -63,17 +66,19 @@ def _setup_logging(level: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from imgclf.model_store import resolve_package
     from imgclf.package import load_package
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
 
     paths = package_dirs(args.model, args.model_dir)
     for path in paths:
-        load_package(path)  # a broken package stops here with a clear message, before listening
+        load_package(resolve_package(path))  # a broken package stops here with a clear message, before listening
     try:
         config = ServerConfig(
             models=tuple(str(p) for p in paths),
             model_dir=args.model_dir,
+            store_poll_s=args.store_poll_s,
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
             queue_size=args.queue_size,

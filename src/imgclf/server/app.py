@@ -78,13 +78,17 @@ def create_app(config: ServerConfig) -> FastAPI:
             task = asyncio.get_running_loop().create_task(state.registry.load_startup_models())
         else:
             await state.registry.load_startup_models()
+        watcher = None
+        if config.model_dir and config.store_poll_s > 0:
+            watcher = asyncio.get_running_loop().create_task(state.registry.watch_store(config.store_poll_s))
         try:
             yield
         finally:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for t in (task, watcher):
+                if t is not None and not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
             await state.registry.close()
             state.inference.close()
 

@@ -36,6 +36,8 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_images_per_request: int = 64
     max_pixels: int | None = None
+    # Seconds between looks at the model directory's versions.json files (0: never; see model_store).
+    store_poll_s: float = 2.0
     # Load models after the server starts listening (liveness at once, readiness after warm-up).
     load_in_background: bool = True
 
@@ -46,6 +48,7 @@ class ServerConfig:
             (self.max_delay_ms >= 0, "max_delay_ms must not be negative"),
             (self.queue_size >= 1, "queue_size must be at least 1"),
             (self.request_timeout_s > 0, "request_timeout_s must be positive"),
+            (self.store_poll_s >= 0, "store_poll_s must not be negative"),
             (self.decode_threads >= 1, "decode threads must be at least 1"),
             (self.ort_threads is None or self.ort_threads >= 1, "ort_threads must be at least 1"),
             (self.max_body_bytes >= 1, "max_body_bytes must be positive"),

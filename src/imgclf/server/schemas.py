@@ -22,6 +22,8 @@ BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 MODEL_NAME_MAX = 64
 ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, max_length=MODEL_NAME_MAX, description="A model's name")]
+# A version in a path: a version folder's name (digits) or the version a plain package's model.json names.
+ModelVersion = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="A model version")]
 # Largest tensor dimension the server reads (the first one is also capped by --max-images: 413).
 MAX_SHAPE_DIM = 2**31 - 1
 
@@ -71,6 +73,20 @@ class ModelInfo(BaseModel):
                               queue_size=model.batcher.queue_size, timeout_s=config.request_timeout_s),
             loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
         )
+
+
+class VersionsInfo(BaseModel):
+    name: str
+    default: str = Field(description="The version the unversioned routes use")
+    previous: str | None = Field(default=None, description="The version a rollback returns to")
+    loaded: list[str] = Field(description="Versions this server has loaded (addressable as .../versions/{v})")
+    available: list[str] = Field(description="Versions in the model directory")
+
+
+class DefaultVersionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
+        description="The version to make the default")
 
 
 class ModelList(BaseModel):

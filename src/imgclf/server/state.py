@@ -11,6 +11,7 @@ from imgclf.server.registry import ModelRegistry, ServedModel
 
 # Scope keys routes set for the metrics middleware.
 MODEL_KEY = "imgclf.model"
+VERSION_KEY = "imgclf.version"  # the version that answered: sent as X-Model-Version
 ENDPOINT_KEY = "imgclf.endpoint"  # for answers given before routing
 INFER_KEY = "imgclf.infer"
 
@@ -28,11 +29,14 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def use_model(request: Request, name: str | None, *, inference: bool = False) -> ServedModel:
-    """The loaded model ``name`` (the default model for None), noted for the metrics."""
+def use_model(request: Request, name: str | None, *, version: str | None = None,
+              inference: bool = False) -> ServedModel:
+    """The loaded model ``name`` (the default model for None) at ``version`` (its default version
+    for None), noted for the metrics and the X-Model-Version header."""
     registry = app_state(request).registry
-    model = registry.default() if name is None else registry.get(name)
+    model = registry.default() if name is None else registry.get(name, version)
     request.scope[MODEL_KEY] = model.name
+    request.scope[VERSION_KEY] = model.version
     if inference:
         request.scope[INFER_KEY] = True
     return model
