@@ -123,7 +123,8 @@ class ModelStore:
         return {version: self.root}
 
     def exists(self) -> bool:
-        return bool(self.versions())
+        """A package or a folder of versions (a package's contents are checked when it loads)."""
+        return is_package_dir(self.root) or bool(self._version_dirs())
 
     def path(self, version: str) -> Path:
         versions = self.versions()

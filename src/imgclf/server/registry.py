@@ -144,9 +144,8 @@ class ModelRegistry:
     def package_path(self, name: str) -> Path:
         """The model directory's package for ``name`` (a version store: its default version)."""
         store = self.store(name)
-        version = store.default_version()
-        assert version is not None  # store() checked that it has versions
-        return store.path(version)
+        version = None if store.is_plain() else store.default_version()
+        return store.root if version is None else store.path(version)
 
     # -- loading --------------------------------------------------------------------------
     def _lock(self, name: str) -> asyncio.Lock:
@@ -161,7 +160,7 @@ class ModelRegistry:
         def build() -> tuple[ModelPackage, Engine]:
             package = load_package(path)
             engine = OnnxEngine(package, threads=self.config.ort_threads)
-            engine.warmup(sorted({1, self.config.max_batch_size}))  # ONNX Runtime allocates per batch shape
+            self._warm_up(engine)
             return package, engine
 
         try:
@@ -348,7 +347,10 @@ class ModelRegistry:
             return
         root = Path(self.config.model_dir)
         try:
-            entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+            real = root.resolve()
+            # Only folders really inside the directory (a symlink out of it is never followed).
+            entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.resolve().parent == real
+                       and p.is_dir()]
         except OSError as exc:
             log.warning("cannot list the model directory %s: %s", root, exc)
             return
