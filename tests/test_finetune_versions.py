@@ -37,7 +37,10 @@ def _feedback_export(root, ids):
     make_folder(root, {"circles": 3, "squares": 3}, seed=9)
     files = sorted(p.relative_to(root) for p in root.rglob("*.*"))
     records = [{"id": i, "sha256": "0" * 64, "label": f.parent.name, "model": "shapes", "version": "1",
-                "file": str(f)} for i, f in zip(ids, files, strict=False)]
+                "file": str(f)} for i, f in zip(ids, files, strict=True)]
+    # A merged copy of training images beside the corrections is not part of the export's records.
+    for n, src in enumerate(sorted((root / "squares").iterdir())[:2]):
+        shutil.copyfile(src, root / "circles" / f"merged-{n}{src.suffix}")
     (root / "manifest.json").write_text(json.dumps({"kind": "imgclf-feedback-export", "records": records,
                                                     "merged_with": None, "created_at": "2026-01-01T00:00:00Z"}))
     return root
@@ -116,7 +119,7 @@ def test_evaluate_compares_two_versions_side_by_side(published, tmp_path):
     doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [m["version"] for m in doc["models"]] == ["1", "2"]
     shapes, corrected = doc["datasets"]
-    assert shapes["images"] == 36 and corrected["images"] == 6  # all images of a plain folder
+    assert shapes["images"] == 36 and corrected["images"] == 8  # all images of a plain folder
     for d in (shapes, corrected):
         assert d["disagree"] == len(d["disagreements"])
         assert 0 <= d["a"]["accuracy"] <= 1 and 0 <= d["b"]["accuracy"] <= 1

@@ -44,8 +44,8 @@ class ExtraData:
         return d
 
 
-def read_manifest(folder: Path) -> tuple[list[str], str] | None:
-    """(record ids, the manifest's sha256) of a feedback export; None for a plain folder."""
+def read_manifest(folder: Path) -> tuple[list[dict[str, Any]], str] | None:
+    """(records, the manifest's sha256) of a feedback export; None for a plain folder."""
     path = folder / MANIFEST
     if not path.is_file():
         return None
@@ -57,38 +57,60 @@ def read_manifest(folder: Path) -> tuple[list[str], str] | None:
     if not isinstance(doc, dict) or doc.get("kind") != FEEDBACK_KIND:
         return None
     records = doc.get("records")
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "id" in r for r in records):
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"id", "label", "file"} <= set(r)
+                                                for r in records):
         raise UserError(f"--add-data {folder}: {MANIFEST} has no valid 'records' list (re-run imgclf feedback export)")
-    return [str(r["id"]) for r in records], hashlib.sha256(raw).hexdigest()
+    return records, hashlib.sha256(raw).hexdigest()
+
+
+def _export_files(folder: Path, records: list[dict[str, Any]], index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """The corrected images of a feedback export, by its records (a merged copy of the original
+    training images in the same folder is left out: --data already holds those, some of them in
+    the validation split)."""
+    files, labels = [], []
+    root = folder.resolve()
+    for r in records:
+        label, path = str(r["label"]), (folder / str(r["file"])).resolve()
+        if label not in index:
+            raise UserError(f"--add-data {folder}: feedback record {r['id']} is labelled {label!r}, not a class of "
+                            f"--data ({', '.join(index)})")
+        if root not in path.parents or not path.is_file():
+            raise UserError(f"--add-data {folder}: the file of feedback record {r['id']} ({r['file']}) is missing")
+        files.append(path)
+        labels.append(index[label])
+    return files, labels
+
+
+def _folder_files(folder: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    extra = scan_folder(folder)
+    unknown = [c for c in extra.classes if c not in index]
+    if unknown:
+        raise UserError(f"--add-data {folder}: class folder(s) {', '.join(unknown)} are not classes of --data "
+                        f"({', '.join(index)})")
+    files: list[Path] = []
+    labels: list[int] = []
+    for split in extra.splits.values():  # any split of an extra folder is training data
+        files += split.files or []
+        labels += [index[extra.classes[int(i)]] for i in split.labels]
+    return files, labels
 
 
 def add_training_data(raw: RawDataset, folders: Sequence[str | Path]) -> list[ExtraData]:
-    """Append each folder's class-subfolder images to ``raw``'s train split (in place)."""
+    """Append each folder's images to ``raw``'s train split (in place)."""
     extras = []
     index = {c: i for i, c in enumerate(raw.classes)}
     for f in folders:
         folder = Path(f).expanduser()
         if not folder.is_dir():
             raise UserError(f"--add-data {folder}: no such folder")
-        extra = scan_folder(folder)
-        unknown = [c for c in extra.classes if c not in index]
-        if unknown:
-            raise UserError(f"--add-data {folder}: class folder(s) {', '.join(unknown)} are not classes of --data "
-                            f"({', '.join(raw.classes)})")
-        train = raw.splits["train"]
-        files = list(train.files or [])
-        labels = [train.labels]
-        count = 0
-        for split in extra.splits.values():  # an export is flat class folders; any split counts as training data
-            names = [extra.classes[int(i)] for i in split.labels]
-            files += split.files or []
-            labels.append(np.asarray([index[n] for n in names], dtype=np.int64))
-            count += len(split)
-        raw.splits["train"] = RawSplit(np.concatenate(labels), files=files)
-        item = ExtraData(folder.resolve(), images=count)
         manifest = read_manifest(folder)
+        files, labels = _export_files(folder, manifest[0], index) if manifest else _folder_files(folder, index)
+        train = raw.splits["train"]
+        raw.splits["train"] = RawSplit(np.concatenate([train.labels, np.asarray(labels, dtype=np.int64)]),
+                                       files=[*(train.files or []), *files])
+        item = ExtraData(folder.resolve(), images=len(files))
         if manifest is not None:
-            item.feedback_ids, item.manifest_sha256 = manifest
+            item.feedback_ids, item.manifest_sha256 = [str(r["id"]) for r in manifest[0]], manifest[1]
         extras.append(item)
     return extras
 
