@@ -34,7 +34,16 @@ from imgclf.feedback.errors import (
 )
 from imgclf.feedback.limits import Quota
 from imgclf.feedback.paths import default_store_dir, sqlite_url
-from imgclf.feedback.schema import CLIENT_MAX, LABEL_MAX, NAME_MAX, STATUSES, Blob, Feedback, PredictionLog, Status
+from imgclf.feedback.schema import (
+    CLIENT_MAX,
+    LABEL_MAX,
+    NAME_MAX,
+    STATUSES,
+    Blob,
+    Feedback,
+    PredictionLog,
+    Status,
+)
 
 log = logging.getLogger("imgclf.feedback")
 
@@ -257,11 +266,12 @@ class FeedbackStore:
         """Delete records, and the images no remaining record cites; returns how many records went."""
         wanted = sorted(set(ids))
         with self._session() as s, s.begin():
-            hashes = set(s.scalars(select(Feedback.sha256).where(Feedback.id.in_(wanted))))
-            missing = len(wanted) - s.execute(delete(Feedback).where(Feedback.id.in_(wanted))).rowcount  # type: ignore[attr-defined]
+            found = dict(s.execute(select(Feedback.id, Feedback.sha256).where(Feedback.id.in_(wanted))).tuples())
+            missing = [i for i in wanted if i not in found]
             if missing:
-                raise NotFoundError(f"{missing} of the feedback records {', '.join(map(str, wanted[:20]))} "
-                                    "do not exist")
+                raise NotFoundError(f"no feedback record {', '.join(map(str, missing[:20]))}")
+            s.execute(delete(Feedback).where(Feedback.id.in_(wanted)))
+            hashes = set(found.values())
             cited = set(s.scalars(select(Feedback.sha256).where(Feedback.sha256.in_(hashes))))
             orphans = sorted(hashes - cited)
             if orphans:
