@@ -8,6 +8,7 @@ crash. Database failures become :class:`StoreUnavailableError` and a full disk
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import json
@@ -353,7 +354,7 @@ class FeedbackStore:
             size = s.scalar(select(func.coalesce(func.sum(Blob.size), 0))) or 0
             return Usage(records=int(records), bytes=int(size))
 
-    def predictions(self, limit: int = 100) -> list[dict[str, Any]]:
+    def predictions(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The newest entries of the prediction log."""
         with self._session() as s:
             rows = s.scalars(select(PredictionLog).order_by(PredictionLog.id.desc()).limit(limit))

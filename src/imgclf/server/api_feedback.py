@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imgclf import feedback
@@ -34,6 +35,9 @@ from imgclf.server.schemas import (
 from imgclf.server.state import app_state, use_model
 from imgclf.server.uploads import IMAGE_FIELD, media_type, read_form
 
+if TYPE_CHECKING:
+    from imgclf.feedback.store import FeedbackStore, Record
+
 router = APIRouter(tags=["feedback"])
 T = TypeVar("T")
 
@@ -51,7 +55,7 @@ def service(request: Request) -> FeedbackService:
     return s
 
 
-async def call_store(svc: FeedbackService, work: Callable[[Any], T]) -> T:
+async def call_store(svc: FeedbackService, work: Callable[[FeedbackStore], T]) -> T:
     """``work(store)`` on a thread, its store errors mapped to HTTP answers."""
     def run() -> T:
         store = svc.store()
@@ -88,9 +92,8 @@ async def _parse(request: Request) -> tuple[FeedbackRequest, bytes | None]:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data (file + label) or application/json")
     try:
         req = FeedbackRequest.model_validate(fields)
-    except ValueError as exc:
-        errors = getattr(exc, "errors", lambda: [])()
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5]) or str(exc)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
         raise bad_request(where) from None
     if req.b64 is not None:
         image = decode_base64(req.b64, "b64")
@@ -143,8 +146,8 @@ async def post_feedback(request: Request, response: Response, name: ModelName) -
         except ImageDecodeError as exc:
             raise ApiError(exc.http_status, exc.code, str(exc)) from None
 
-    def work(store: Any) -> tuple[Any, bool]:
-        if image is None and not store.has_image(sha):
+    def work(store: FeedbackStore) -> tuple[Record, bool]:
+        if image is None and (sha is None or not store.has_image(sha)):
             raise ApiError(404, "prediction_not_found", "that prediction's image is no longer kept; "
                                                         "send the image itself")
         return store.record(model=model.name, version=model.version, label=req.label, client=client,
