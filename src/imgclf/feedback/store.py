@@ -267,7 +267,7 @@ class FeedbackStore:
         """Delete records, and the images no remaining record cites; returns how many records went."""
         wanted = sorted(set(ids))
         with self._session() as s, s.begin():
-            found = dict(s.execute(select(Feedback.id, Feedback.sha256).where(Feedback.id.in_(wanted))).tuples())
+            found = {i: h for i, h in s.execute(select(Feedback.id, Feedback.sha256).where(Feedback.id.in_(wanted)))}
             missing = [i for i in wanted if i not in found]
             if missing:
                 raise NotFoundError(f"no feedback record {', '.join(map(str, missing[:20]))}")
