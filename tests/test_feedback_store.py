@@ -303,3 +303,26 @@ def test_cli_list_accept_reject_export(tmp_path, capsys):
     assert cli("delete", str(ids[2]), *st) == 0
     assert cli("list", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/x", *st) == 2
     assert "unavailable" in capsys.readouterr().err
+
+
+def test_first_open_from_several_processes_at_once_creates_the_schema_once(request, tmp_path):
+    """The migration lock: four openers racing on a new store all succeed (SQLite, and PostgreSQL when present)."""
+    import subprocess
+    import sys
+
+    urls = [None]
+    try:
+        urls.append(request.getfixturevalue("pg_url"))
+    except pytest.skip.Exception:
+        pass
+    for i, url in enumerate(urls):
+        code = ("import sys; from pathlib import Path; from imgclf.feedback.store import FeedbackStore; "
+                "s = FeedbackStore.open(sys.argv[1] or None, Path(sys.argv[2])); "
+                "s.record(model='m', version='1', label='x', client=sys.argv[3], image=sys.argv[3].encode()); s.close()")
+        procs = [subprocess.Popen([sys.executable, "-c", code, url or "", str(tmp_path / f"s{i}"), f"p{k}"],
+                                  stderr=subprocess.PIPE) for k in range(4)]
+        errs = [p.communicate(timeout=120)[1].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), errs
+        s = FeedbackStore.open(url, tmp_path / f"s{i}")
+        assert s.usage().records == 4
+        s.close()
