@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
               f"imgclf finetune --out {result.out} --resume", file=sys.stderr)
         return 130
     if args.publish_to:
-        store = ModelStore(result.out.parent)
-        print(f"published version {opts.version} of {opts.name} (default version: {store.default_version()}); "
-              f"roll it out on a server with: POST /v1/models/{opts.name}/default {{\"version\": \"{opts.version}\"}}")
+        default = ModelStore(result.out.parent).default_version()
+        if default == opts.version:
+            print(f"published version {opts.version} of {opts.name}, its default version; serve it with: "
+                  f"imgclf serve --model-dir {args.publish_to}")
+        else:
+            print(f"published version {opts.version} of {opts.name} (default version: {default}); roll it out on a "
+                  f"server with: POST /v1/models/{opts.name}/default {{\"version\": \"{opts.version}\"}}")
     return 0

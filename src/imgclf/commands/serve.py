@@ -5,8 +5,13 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.server.config import FeedbackSettings
 
 NAME = "serve"
 HELP = "serve models over HTTP: REST API, Open Inference Protocol (KServe V2), web page, metrics"
@@ -38,8 +43,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="key the management API (load/unload models) requires (default: $IMGCLF_API_KEY); without one, management is off (403)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
+    g = p.add_argument_group("feedback", "corrections from users: POST /v1/models/{name}/feedback and the web "
+                                         "page's right/wrong buttons (review them with imgclf feedback)")
+    g.add_argument("--feedback", action="store_true",
+                   help="take corrections (stored as pending; listing and review need --api-key)")
+    g.add_argument("--db", metavar="URL", default=os.environ.get("IMGCLF_FEEDBACK_DB"),
+                   help="feedback database (implies --feedback; default: $IMGCLF_FEEDBACK_DB, else SQLite "
+                        "feedback.db in the store folder); PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    g.add_argument("--feedback-store", metavar="DIR",
+                   help="feedback store folder: images (and the SQLite database); implies --feedback. "
+                        "Default: $IMGCLF_HOME/feedback, else ~/.local/share/imgclf/feedback")
+    g.add_argument("--feedback-quota-mb", type=float, default=1024.0,
+                   help="most image megabytes the store holds; more is answered 507 (default 1024)")
+    g.add_argument("--feedback-max-records", type=int, default=100_000,
+                   help="most records the store holds; more is answered 507 (default 100000)")
+    g.add_argument("--feedback-rate", type=float, default=60.0, metavar="PER_MINUTE",
+                   help="corrections per minute one client address may send; more is answered 429 (default 60)")
+    g.add_argument("--feedback-burst", type=int, default=20, help="corrections one client may send at once (default 20)")
+    g.add_argument("--keep-uploads-mb", type=float, default=64.0,
+                   help="recent uploads kept in memory so a correction can cite its prediction_id (default 64; 0: off)")
+    g.add_argument("--log-predictions", action="store_true",
+                   help="also log every prediction (model version, top-k, timings) in the feedback database")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def _feedback_settings(args: argparse.Namespace) -> FeedbackSettings | None:
+    from imgclf import feedback
+    from imgclf.server.config import FeedbackSettings
+
+    if not (args.feedback or args.db or args.feedback_store or args.log_predictions):
+        return None
+    if not feedback.available():
+        raise UserError(f"--feedback needs SQLAlchemy and Alembic: {feedback.EXTRA_HINT}")
+    try:
+        settings = FeedbackSettings(
+            db_url=args.db or None, store_dir=args.feedback_store,
+            max_bytes=int(args.feedback_quota_mb * 1024 * 1024), max_records=args.feedback_max_records,
+            rate_per_minute=args.feedback_rate, burst=args.feedback_burst,
+            keep_uploads_bytes=int(args.keep_uploads_mb * 1024 * 1024), log_predictions=args.log_predictions)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    # Open the store now: a bad URL or a store from a later imgclf stops here with a clear message.
+    # An unreachable database does not: the server starts and answers feedback 503 until it is back.
+    from imgclf.feedback.store import FeedbackStore
+
+    try:
+        FeedbackStore.open(settings.db_url, Path(settings.store_dir) if settings.store_dir else None).close()
+    except feedback.StoreUnavailableError as exc:
+        print(f"imgclf: warning: {exc}; feedback answers 503 until it is reachable", file=sys.stderr)
+    return settings
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -71,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
 
+    feedback = _feedback_settings(args)
     paths = package_dirs(args.model, args.model_dir)
     for path in paths:
         load_package(resolve_package(path))  # a broken package stops here with a clear message, before listening
@@ -87,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key or None,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             max_images_per_request=args.max_images,
+            feedback=feedback,
             **({"decode_threads": args.decode_threads} if args.decode_threads else {}),
         )
     except ValueError as exc:

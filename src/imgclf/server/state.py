@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from imgclf.server.config import ServerConfig
+from imgclf.server.feedback import FeedbackService
 from imgclf.server.inference import Inference
 from imgclf.server.metrics import Metrics
 from imgclf.server.registry import ModelRegistry, ServedModel
@@ -22,6 +23,7 @@ class AppState:
         self.metrics = Metrics()
         self.registry = ModelRegistry(config, self.metrics)
         self.inference = Inference(config)
+        self.feedback = FeedbackService(config.feedback, self.metrics) if config.feedback is not None else None
 
 
 def app_state(request: Request) -> AppState:
