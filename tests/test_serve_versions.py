@@ -3,10 +3,12 @@ management API, no failed request during a switch, and several servers following
 
 from __future__ import annotations
 
+import base64
 import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from serve_support import TINY_LABELS, assert_error, build_tiny_package, jpeg_bytes, wait_ready
@@ -77,8 +79,8 @@ def test_versioned_routes_default_switch_and_rollback(model_dir, jpg):
         info = c.post("/v1/models/tiny/default", json={"version": "2"}, headers=AUTH).json()
         assert (info["default"], info["previous"]) == ("2", "1")
         assert _predict(c, jpg).json() == v2
-        infer = c.post("/v2/models/tiny/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                                   "data": [__import__("base64").b64encode(jpg).decode()]}]})
+        image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(jpg).decode()]}
+        infer = c.post("/v2/models/tiny/infer", json={"inputs": [image]})
         assert infer.json()["model_version"] == "2" and infer.headers["X-Model-Version"] == "2"
         assert ModelStore(model_dir / "tiny").read_state().default == "2"  # written to the store
         # The default and the rollback target cannot be unloaded.
@@ -99,8 +101,7 @@ def test_plain_package_cannot_switch_versions(serve_model_dir, tmp_path):
     shutil.copytree(serve_model_dir / "tiny", tmp_path / "tiny")
     with _client(tmp_path) as c:
         wait_ready(c)
-        assert _predict(c, jpeg_bytes(__import__("numpy").zeros((40, 40, 3), "uint8"))).headers[
-            "X-Model-Version"] == "1"
+        assert _predict(c, jpeg_bytes(np.zeros((40, 40, 3), "uint8"))).headers["X-Model-Version"] == "1"
         assert_error(c.post("/v1/models/tiny/default", json={"version": "1"}, headers=AUTH), 409, "not_versioned")
 
 
