@@ -156,7 +156,8 @@ async def post_feedback(request: Request, response: Response, name: ModelName) -
                             submitted_by=req.submitted_by)
 
     record, created = await call_store(svc, work)
-    verdict = "right" if req.predicted_label is not None and req.predicted_label == req.label else "wrong"
+    verdict = ("unstated" if req.predicted_label is None else "right" if req.predicted_label == req.label
+               else "wrong")
     if created:
         svc.received.labels(model.name, model.version, verdict).inc()
     response.status_code = 201 if created else 200
