@@ -52,7 +52,7 @@ def published(tmp_path_factory):
     data = make_folder(base / "shapes", {name: 12 for name in CLASSES})
     models = base / "models"
     models.mkdir()
-    fb = _feedback_export(base / "export", ["fb-1", "fb-2", "fb-3", "fb-4", "fb-5", "fb-6"])
+    fb = _feedback_export(base / "export", [11, 12, 13, 14, 15, 16])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMGCLF_HOME", str(base / "home"))
         first = _run(["finetune", "--data", str(data), "--publish-to", str(models), "--name", "shapes",
@@ -84,9 +84,9 @@ def test_version_2_records_its_parent_and_feedback(published):
     assert prov["parent_version"] == "1"
     assert prov["parent_sha256"] == v1.meta.provenance.onnx_sha256
     manifest = (published["fb"] / "manifest.json").read_bytes()
-    assert prov["feedback"] == {"records": ["fb-1", "fb-2", "fb-3", "fb-4", "fb-5", "fb-6"],
+    assert prov["feedback"] == {"records": [11, 12, 13, 14, 15, 16],
                                 "manifests": [hashlib.sha256(manifest).hexdigest()]}
-    assert prov["added_data"][0]["images"] == 6
+    assert prov["added_data"][0]["images"] == prov["added_data"][0]["records"] == 6
     # The feedback images joined the training split only.
     splits = v2.meta.provenance.dataset.splits
     assert splits["train"] == load_package(store.path("1")).meta.provenance.dataset.splits["train"] + 6

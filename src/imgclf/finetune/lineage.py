@@ -34,13 +34,13 @@ class ExtraData:
 
     path: Path
     images: int = 0
-    feedback_ids: list[str] = field(default_factory=list)
+    feedback_ids: list[int | str] = field(default_factory=list)  # as the manifest has them
     manifest_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": str(self.path), "images": self.images}
         if self.manifest_sha256 is not None:
-            d.update(kind=FEEDBACK_KIND, manifest_sha256=self.manifest_sha256, records=list(self.feedback_ids))
+            d.update(kind=FEEDBACK_KIND, manifest_sha256=self.manifest_sha256, records=len(self.feedback_ids))
         return d
 
 
@@ -110,7 +110,8 @@ def add_training_data(raw: RawDataset, folders: Sequence[str | Path]) -> list[Ex
                                        files=[*(train.files or []), *files])
         item = ExtraData(folder.resolve(), images=len(files))
         if manifest is not None:
-            item.feedback_ids, item.manifest_sha256 = [str(r["id"]) for r in manifest[0]], manifest[1]
+            item.feedback_ids = [r["id"] if isinstance(r["id"], int) else str(r["id"]) for r in manifest[0]]
+            item.manifest_sha256 = manifest[1]
         extras.append(item)
     return extras
 
