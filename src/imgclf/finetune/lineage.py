@@ -165,6 +165,25 @@ def publish_target(model_dir: str | Path, name: str | None, parent: str | None) 
     return store.root / version, version, parent, name
 
 
+def version_options(*, out: str | None, publish_to: str | None, name: str | None, parent: str | None,
+                    base: str | None, image_size: int | None) -> dict[str, Any]:
+    """The run's ``out``, ``name``, ``parent``, ``version``, ``base`` and ``image_size`` from
+    ``--out`` or ``--publish-to`` (see :func:`publish_target`) and the parent's settings."""
+    version = None
+    if publish_to:
+        if out:
+            raise UserError("give --out or --publish-to, not both")
+        target, version, parent, name = publish_target(publish_to, name, parent)
+        out = str(target)
+    elif not out:
+        raise UserError("--out (a package folder) or --publish-to (a model directory) is required")
+    if parent is not None and (base is None or image_size is None):
+        inherited = parent_settings(open_parent(parent)[0])
+        base = base or inherited.get("base")
+        image_size = image_size or inherited.get("image_size")
+    return {"out": out, "name": name, "parent": parent, "version": version, "base": base, "image_size": image_size}
+
+
 def check_labels(parent: ModelPackage, labels: Sequence[str]) -> None:
     """A new version keeps every class of its parent (it may add classes)."""
     missing = [c for c in parent.labels if c not in labels]
