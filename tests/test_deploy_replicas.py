@@ -1,0 +1,136 @@
+"""Two ``imgclf serve`` replicas on one model store behind haproxy behave as one service: both take
+traffic, and stopping one (SIGTERM) during a load run fails no request."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from serve_support import free_port, jpeg_bytes, live_server
+
+HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (Debian: apt-get install haproxy)")]
+
+API_KEY = "replica-test-key"
+# The replicas' drain settings (docs/deploy.md): readiness turns 503 at SIGTERM, the port closes a
+# second later; haproxy checks readiness every 200 ms, so it has taken the replica out by then.
+REPLICA_FLAGS = ("--shutdown-delay", "1", "--graceful-timeout", "10")
+
+
+def haproxy_config(port: int, backends: dict[str, int]) -> str:
+    servers = "\n".join(f"  server {name} 127.0.0.1:{p} check" for name, p in backends.items())
+    return f"""global
+  maxconn 256
+
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  # Predictions change nothing on a replica, so a request that failed on one can be sent again to another.
+  retries 3
+  option redispatch 1
+  retry-on conn-failure empty-response response-timeout 503
+
+listen imgclf
+  bind 127.0.0.1:{port}
+  balance roundrobin
+  option httpchk GET /v2/health/ready
+  http-check expect status 200
+  default-server inter 200ms fall 1 rise 2
+  http-response set-header X-Replica %s
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def haproxy(backends: dict[str, int]) -> Iterator[str]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="imgclf-haproxy-") as tmp:
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(haproxy_config(port, backends))
+        check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        log = open(Path(tmp) / "haproxy.log", "wb")
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_all_up(url, set(backends))
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            log.close()
+
+
+def wait_all_up(url: str, replicas: set[str], timeout_s: float = 60.0) -> None:
+    """Until requests through the balancer have reached every replica (each passed its health check)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while seen != replicas:
+        assert time.monotonic() < deadline, f"haproxy never sent to all of {replicas} (saw {seen})"
+        try:
+            r = httpx.get(url + "/v2/health/ready", timeout=2)
+            if r.status_code == 200:
+                seen.add(r.headers["x-replica"])
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def two_replicas(model_dir: Path) -> Iterator[dict]:
+    args = ("--model-dir", str(model_dir), "--api-key", API_KEY, *REPLICA_FLAGS)
+    with live_server(*args) as a, live_server(*args) as b:
+        yield {"a": a, "b": b}
+
+
+def test_stopping_a_replica_under_load_fails_no_request(serve_model_dir):
+    body = jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    total, stop_after = 240, 80
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    stopped = threading.Event()
+
+    with two_replicas(serve_model_dir) as replicas, haproxy({n: s.port for n, s in replicas.items()}) as url:
+        a = replicas["a"]
+
+        def worker(count: int) -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for _ in range(count):
+                    try:
+                        r = client.post("/v1/models/tiny/predict", content=body,
+                                        headers={"Content-Type": "image/jpeg"})
+                        outcome = (r.status_code, r.headers.get("x-replica", "?"))
+                    except httpx.TransportError as exc:
+                        outcome = (0, repr(exc))
+                    with lock:
+                        results.append(outcome)
+                        if len(results) == stop_after:
+                            a.proc.send_signal(signal.SIGTERM)  # mid-run, with requests in flight
+                            stopped.set()
+
+        with ThreadPoolExecutor(4) as pool:
+            for f in [pool.submit(worker, total // 4) for _ in range(4)]:
+                f.result()
+        assert stopped.is_set()
+        assert a.proc.wait(timeout=30) == 0
+
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    before, after = results[:stop_after], results[stop_after:]
+    assert {name for _, name in before} == {"a", "b"}  # round robin over both replicas
+    # Replica a is gone by the end of the run: the last requests were all served by b.
+    assert {name for _, name in after[-40:]} == {"b"}
