@@ -4,6 +4,7 @@ traffic, and stopping one (SIGTERM) during a load run fails no request."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -23,36 +24,21 @@ HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (Debian: apt-get install haproxy)")]
 
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "haproxy.cfg"
 API_KEY = "replica-test-key"
 # The replicas' drain settings (docs/deploy.md): readiness turns 503 at SIGTERM, the port closes a
-# second later; haproxy checks readiness every 200 ms, so it has taken the replica out by then.
+# second later; the config's haproxy checks readiness every 200 ms, so it has taken the replica out by then.
 REPLICA_FLAGS = ("--shutdown-delay", "1", "--graceful-timeout", "10")
 
 
 def haproxy_config(port: int, backends: dict[str, int]) -> str:
+    """deploy/haproxy/haproxy.cfg (what docs/deploy.md runs) with this test's ports."""
+    text = CONFIG.read_text()
+    text, binds = re.subn(r"(?m)^(\s*bind )\S+$", rf"\g<1>127.0.0.1:{port}", text)
     servers = "\n".join(f"  server {name} 127.0.0.1:{p} check" for name, p in backends.items())
-    return f"""global
-  maxconn 256
-
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  # Predictions change nothing on a replica, so a request that failed on one can be sent again to another.
-  retries 3
-  option redispatch 1
-  retry-on conn-failure empty-response response-timeout 503
-
-listen imgclf
-  bind 127.0.0.1:{port}
-  balance roundrobin
-  option httpchk GET /v2/health/ready
-  http-check expect status 200
-  default-server inter 200ms fall 1 rise 2
-  http-response set-header X-Replica %s
-{servers}
-"""
+    text, n = re.subn(r"(?m)(^\s*server .*\n?)+", servers + "\n", text)
+    assert binds == 1 and n == 1, "deploy/haproxy/haproxy.cfg: one bind line and one block of server lines"
+    return text
 
 
 @contextlib.contextmanager
