@@ -1,0 +1,160 @@
+"""The Kubernetes and KServe manifests: valid against the Kubernetes schemas (strict: an unknown or
+misspelt field fails), and consistent with each other, the Dockerfile and ``imgclf serve``'s flags."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (the deploy extra)")
+jsonschema = pytest.importorskip("jsonschema")
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "deploy" / "kubernetes"
+ISVC = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
+# The oldest Kubernetes still widely run, and the newest the validator knows.
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _resources() -> dict[str, dict]:
+    """Kind -> resource, over every manifest in deploy/kubernetes (the Secret example included)."""
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            for doc in _docs(path):
+                out[doc["kind"]] = doc
+    return out
+
+
+def _serve_args(argv: list[str]) -> argparse.Namespace:
+    """A container's command line, parsed by ``imgclf serve``'s own argument parser."""
+    from imgclf.commands import serve
+
+    assert argv[:2] == ["imgclf", "serve"], argv
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    serve.add_arguments(parser)
+    return parser.parse_args(argv[2:])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"))
+def test_manifest_is_valid_kubernetes(path, version):
+    for doc in _docs(K8S / path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    deployment = copy.deepcopy(_resources()["Deployment"])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_resource_but_the_secret_example():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    assert listed == on_disk
+    image = _resources()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert [i["name"] for i in kustomization["images"]] == [image.split(":")[0]]
+
+
+def test_deployment_probes_secret_store_and_shutdown_fit_together():
+    res = _resources()
+    deployment, pod = res["Deployment"], res["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = _serve_args(container["args"])
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.port == port["http"] and args.host == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # The pod drains before Kubernetes kills it.
+    assert pod["terminationGracePeriodSeconds"] > args.shutdown_delay + args.graceful_timeout
+    # The drain outlasts the readiness probe's detection of it.
+    probe = container["readinessProbe"]
+    assert args.shutdown_delay >= probe["periodSeconds"] * probe["failureThreshold"]
+    # Thread pools sized to the CPU request.
+    cpus = int(container["resources"]["requests"]["cpu"])
+    assert args.ort_threads == cpus and args.decode_threads == cpus
+    # The model store is the shared PVC, mounted where --model-dir points.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    store = next(n for n, path in mounts.items() if path == args.model_dir)
+    assert volumes[store]["persistentVolumeClaim"]["claimName"] == res["PersistentVolumeClaim"]["metadata"]["name"]
+    assert "ReadWriteMany" in res["PersistentVolumeClaim"]["spec"]["accessModes"]
+    # Secrets come from the Secret, by keys the example shows.
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert set(refs) >= {"IMGCLF_API_KEY"}
+    for ref in refs.values():
+        assert ref["name"] == res["Secret"]["metadata"]["name"] and ref["key"] in res["Secret"]["stringData"]
+    # Non-root, as the image's USER.
+    uid = re.search(r"^ARG UID=(\d+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert uid and pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == int(uid.group(1))
+    # Service, autoscaler and disruption budget reach this Deployment's pods.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert res["Service"]["spec"]["selector"].items() <= labels.items()
+    assert res["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert res["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert res["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# The InferenceService's own fields beside the pod spec that KServe's predictor inlines (names and
+# types as in KServe's serving.kserve.io/v1beta1 CRD, PredictorSpec/ComponentExtensionSpec).
+KSERVE_PREDICTOR_FIELDS = {
+    "minReplicas": {"type": "integer", "minimum": 0},
+    "maxReplicas": {"type": "integer", "minimum": 0},
+    "scaleMetric": {"enum": ["cpu", "memory", "concurrency", "rps"]},
+    "scaleTarget": {"type": "integer", "minimum": 1},
+    "containerConcurrency": {"type": "integer", "minimum": 0},
+    "timeout": {"type": "integer", "minimum": 0},
+    "canaryTrafficPercent": {"type": "integer", "minimum": 0, "maximum": 100},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+ISVC_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "serving.kserve.io/v1beta1"},
+        "kind": {"const": "InferenceService"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "required": ["predictor"], "additionalProperties": False,
+                 "properties": {"predictor": {"type": "object", "required": ["containers"]}}},
+    },
+}
+
+
+def test_inferenceservice_is_a_valid_custom_v2_predictor():
+    (isvc,) = _docs(ISVC)
+    jsonschema.validate(isvc, ISVC_SCHEMA)
+    predictor = isvc["spec"]["predictor"]
+    kserve = {k: v for k, v in predictor.items() if k in KSERVE_PREDICTOR_FIELDS}
+    for key, value in kserve.items():
+        jsonschema.validate(value, KSERVE_PREDICTOR_FIELDS[key])
+    # The rest is a Kubernetes pod spec: validate it as one, strictly.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "imgclf-predictor"},
+           "spec": {k: v for k, v in predictor.items() if k not in KSERVE_PREDICTOR_FIELDS}}
+    for version in VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"  # the container KServe routes to
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PROTOCOL"] == "v2"  # a custom predictor declares its protocol in this variable
+    args = _serve_args(container["args"])
+    assert [p["containerPort"] for p in container["ports"]] == [args.port] == [8080]  # KServe's default port
+    assert args.model_dir == "/mnt/models" and env["STORAGE_URI"].startswith("pvc://")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert predictor["terminationGracePeriodSeconds"] > args.shutdown_delay + args.graceful_timeout
+    assert predictor["securityContext"]["runAsNonRoot"]
