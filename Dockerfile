@@ -2,7 +2,7 @@
 # The imgclf serving image: ONNX Runtime and the web service only (no torch, no training).
 #   docker build -t imgclf-serve .
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" imgclf-serve
-# Optional extras from pyproject.toml, e.g. --build-arg EXTRAS=serve,openvino
+# EXTRAS: the pyproject.toml extras to install (default: serve); the build fails if one brings torch.
 
 ARG PYTHON_IMAGE=python:3.12-slim
 
