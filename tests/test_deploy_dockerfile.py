@@ -33,7 +33,7 @@ def _usable_python(uid: int | None) -> str:
                   getattr(sys, "_base_executable", sys.executable)]
     for python in filter(None, candidates):
         try:
-            ok = subprocess.run([python, "-c", check], capture_output=True,
+            ok = subprocess.run([python, "-c", check], capture_output=True, cwd="/",
                                 **({"user": uid, "group": uid} if uid is not None else {})).returncode == 0
         except OSError:  # not reachable for that user
             ok = False

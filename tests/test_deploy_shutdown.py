@@ -127,3 +127,17 @@ def test_graceful_wait_is_bounded(serve_model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_cuts_the_delay_short(serve_model_dir):
+    proc, url, _ = _start(serve_model_dir, "--shutdown-delay", "600")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: httpx.get(url + "/v2/health/ready", timeout=2).status_code == 503, "turned not ready")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0  # long before the 600 s delay
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
