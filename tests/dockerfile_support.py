@@ -57,7 +57,7 @@ class Image:
     healthcheck: list[str] = field(default_factory=list)
 
     def host_path(self, path: str) -> str:
-        return _host_path(self.root, path)
+        return host_path(self.root, path)
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -82,22 +82,22 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _host_path(root: Path, path: str) -> str:
+def host_path(root: Path, path: str) -> str:
     if not path.startswith("/") or any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS):
         return path
     return str(root) + path.rstrip("/") if path != "/" else str(root)
 
 
-def _map_literals(root: Path, text: str) -> str:
+def map_literals(root: Path, text: str) -> str:
     """Absolute paths written in ``text`` itself (not inside variables) -> the image's root."""
-    return _PATH_LITERAL.sub(lambda m: _host_path(root, m.group(0)), text)
+    return _PATH_LITERAL.sub(lambda m: host_path(root, m.group(0)), text)
 
 
 def _expand(text: str, variables: dict[str, str]) -> str:
     return _VAR.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), text)
 
 
-def _ignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
+def ignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
     """.dockerignore: a pattern matches a path or any folder above it; the last match decides."""
     parts = rel.split("/")
     candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -116,7 +116,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(out)
 
 
-def _dockerignore(context: Path) -> list[tuple[bool, str]]:
+def dockerignore(context: Path) -> list[tuple[bool, str]]:
     path = context / ".dockerignore"
     if not path.exists():
         return []
@@ -143,11 +143,11 @@ class Builder:
         for name in ("python", "python3"):
             (self.base_bin / name).symlink_to(python)
         self.stages: dict[str, Path] = {}
-        self.ignore = _dockerignore(context)
+        self.ignore = dockerignore(context)
         self.log: list[str] = []
 
     def _base_env(self) -> dict[str, str]:
-        return {"PATH": f"{self.base_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": _host_path(self.root, "/root"),
+        return {"PATH": f"{self.base_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": host_path(self.root, "/root"),
                 "LANG": "C.UTF-8"}
 
     def build(self) -> Image:
@@ -173,7 +173,7 @@ class Builder:
                 name, value = self._arg(rest, {**global_args, **variables})
                 stage_args[name] = value
             elif word == "ENV":  # every value sees the variables as they were before this ENV
-                image.env.update({name: _expand(_map_literals(self.root, value), variables)
+                image.env.update({name: _expand(map_literals(self.root, value), variables)
                                   for name, value in self._pairs(rest)})
             elif word == "WORKDIR":
                 image.workdir = _expand(rest, variables)
@@ -207,7 +207,7 @@ class Builder:
         words = shlex.split(rest)
         if "=" not in words[0]:
             return [(words[0], " ".join(words[1:]))]
-        return [tuple(w.split("=", 1)) for w in words]  # type: ignore[misc]
+        return [(name, value) for name, _, value in (w.partition("=") for w in words)]
 
     @staticmethod
     def _exec_form(rest: str) -> list[str]:
@@ -222,12 +222,10 @@ class Builder:
         base = words[0]
         if not re.fullmatch(r"python:3\.1[1-9](\.\d+)?-slim(-\w+)?", base):
             raise DockerfileError(f"the interpreter models python:3.x-slim base images, not {base}")
-        if previous is not None:
+        if previous is not None:  # keep the finished stage for COPY --from; the next starts empty
             kept = self.workspace / f"stage-{index - 1}"
             self.root.rename(kept)
-            for name, path in self.stages.items():
-                if path == self.root:
-                    self.stages[name] = kept
+            self.stages = {name: kept if path == self.root else path for name, path in self.stages.items()}
             self.stages[str(index - 1)] = kept
         self.root.mkdir()
         self.root.chmod(0o755)
@@ -251,7 +249,7 @@ class Builder:
         target = Path(image.host_path(dest if dest.startswith("/") else f"{image.workdir.rstrip('/')}/{dest}"))
         for src in sources:
             origin = (source_root / src.lstrip("/")) if not from_context else self.context / src
-            if from_context and _ignored(origin.relative_to(self.context).as_posix(), self.ignore):
+            if from_context and ignored(origin.relative_to(self.context).as_posix(), self.ignore):
                 raise DockerfileError(f"COPY: {src} is excluded by .dockerignore")
             if not origin.exists():
                 raise DockerfileError(f"COPY: {src} does not exist")
@@ -264,7 +262,7 @@ class Builder:
 
     def _copy_tree(self, origin: Path, target: Path, from_context: bool) -> None:
         for path in sorted(origin.rglob("*")):
-            if from_context and _ignored(path.relative_to(self.context).as_posix(), self.ignore):
+            if from_context and ignored(path.relative_to(self.context).as_posix(), self.ignore):
                 continue
             out = target / path.relative_to(origin)
             if path.is_symlink():
@@ -293,7 +291,7 @@ class Builder:
         env.update(image.env)
         env.update(stage_args)
         try:
-            done = subprocess.run(["/bin/sh", "-c", _map_literals(self.root, rest)], env=env,
+            done = subprocess.run(["/bin/sh", "-c", map_literals(self.root, rest)], env=env,
                                   cwd=image.host_path(image.workdir), capture_output=True, text=True, timeout=900)
         finally:
             for mount in caches:

@@ -19,7 +19,16 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import pytest
-from dockerfile_support import Builder, instructions, run_argv, runtime_env
+from dockerfile_support import (
+    Builder,
+    dockerignore,
+    host_path,
+    ignored,
+    instructions,
+    map_literals,
+    run_argv,
+    runtime_env,
+)
 from serve_support import free_port, jpeg_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +61,22 @@ def test_dockerfile_declares_a_slim_non_root_serving_image():
     assert final["EXPOSE"] == "8000" and "/v2/health/ready" in final["HEALTHCHECK"]
     install = next(rest for w, rest in steps if w == "RUN" and "pip\" install" in rest)
     assert '".[$EXTRAS]"' in install and "ARG EXTRAS=serve" in DOCKERFILE.read_text()
+
+
+def test_the_interpreter_reads_dockerignore_and_paths_as_docker_does():
+    patterns = dockerignore(REPO)
+    sent = ["pyproject.toml", "README.md", "LICENSE", "src/imgclf/cli.py", "src/imgclf/server/static/index.html"]
+    left_out = ["tests/test_api.py", "models/x/model.onnx", ".venv/bin/python", "src/imgclf/__pycache__/cli.cpython-311.pyc",
+                "src/imgclf.egg-info/PKG-INFO", "docs/deploy.md", ".git/HEAD"]
+    assert [p for p in sent if ignored(p, patterns)] == []
+    assert [p for p in left_out if not ignored(p, patterns)] == []
+    root = Path("/tmp/image")
+    assert host_path(root, "/opt/imgclf/bin") == "/tmp/image/opt/imgclf/bin"
+    assert host_path(root, "/usr/local/bin/python") == "/usr/local/bin/python"  # the base image's
+    assert (map_literals(root, 'mkdir -p /models "$IMGCLF_HOME/x" && cat /etc/os-release http://127.0.0.1:8000/v2')
+            == 'mkdir -p /tmp/image/models "$IMGCLF_HOME/x" && cat /etc/os-release http://127.0.0.1:8000/v2')
+    steps = instructions("# syntax=docker/dockerfile:1\nFROM python:3.12-slim\nRUN a \\\n  # note\n  b\n")
+    assert [(w, rest.split()) for w, rest in steps] == [("FROM", ["python:3.12-slim"]), ("RUN", ["a", "b"])]
 
 
 @pytest.mark.slow
