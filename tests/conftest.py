@@ -36,3 +36,34 @@ def lite0_package(tmp_path_factory) -> Path:
     from serve_support import export_cached
 
     return export_cached("efficientnet_lite0", tmp_path_factory.mktemp("imgclf-home"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """A PostgreSQL server URL ($IMGCLF_TEST_PG_URL, else a throwaway cluster); skips where there is none."""
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    from pg_support import ENV, throwaway_cluster
+
+    if os.environ.get(ENV):
+        yield os.environ[ENV]
+        return
+    try:
+        cluster = throwaway_cluster()
+        url = cluster.__enter__()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL for this test: {exc}")
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def pg_url(pg_server: str) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    from pg_support import create_database, drop_database
+
+    url, name = create_database(pg_server)
+    yield url
+    drop_database(pg_server, name)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from imgclf.errors import UnknownModelError, UserError
 from imgclf.importers import is_keras_file
+from imgclf.model_store import ModelStore, model_stores, resolve_package
 from imgclf.package import ModelPackage, PackageError, cache_dir, is_package_dir, load_package
 
 if TYPE_CHECKING:
@@ -83,10 +84,11 @@ def locate(arg: str, *, model_dir: str | os.PathLike[str] | None = None) -> Mode
         if not path.exists():
             raise PackageError(f"{arg} does not exist (expected a model package folder, a training "
                                "checkpoint or a zoo model name; see 'imgclf models')")
-        if not is_package_dir(path):
-            raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx)")
+        if not is_package_dir(path) and not ModelStore(path).exists():
+            raise PackageError(f"{arg} is not a model package (a folder with model.json and model.onnx) "
+                               "nor a folder of model versions (1/, 2/, ...)")
         return ModelRef(arg, "package", path)
-    if model_dir is not None and is_package_dir(Path(model_dir) / arg):
+    if model_dir is not None and ModelStore(Path(model_dir) / arg).exists():
         return ModelRef(arg, "package", Path(model_dir) / arg)
     return ModelRef(arg, "zoo")
 
@@ -118,7 +120,7 @@ def open_model(arg: str, *, weights: str | None = None, threads: int | None = No
         if runtime == "torch":
             raise UserError(f"{arg} is a model package, which runs on ONNX Runtime, not torch")
         assert ref.path is not None
-        return _package_model(ref, load_package(ref.path), threads)
+        return _package_model(ref, load_package(resolve_package(ref.path)), threads)
     if ref.kind == "checkpoint":
         if runtime == "onnxruntime":
             raise UserError(f"{arg} is a training checkpoint, which runs in torch; its run's package/ "
@@ -189,7 +191,7 @@ def ensure_package(model: str, *, weights: str | None = None, quiet: bool = Fals
         return ensure_keras_package(model, quiet=quiet)
     if ref.kind == "package":
         assert ref.path is not None
-        return load_package(ref.path)
+        return load_package(resolve_package(ref.path))
     entry = zoo_entry(model)  # an unknown name fails here, before any export message
     cached = cache_dir() / entry.name
     if weights is None and is_package_dir(cached):
@@ -215,7 +217,7 @@ def package_dirs(models: Sequence[str], model_dir: str | os.PathLike[str] | None
         raise UserError(f"--model-dir {model_dir} is not a directory")
     if not models:
         if model_dir is not None:
-            return sorted(p for p in Path(model_dir).iterdir() if not p.name.startswith(".") and is_package_dir(p))
+            return [s.root for s in model_stores(model_dir)]  # packages and version stores
         models = [DEFAULT_MODEL]
     found: dict[str, Path] = {}
     to_export: list[str] = []

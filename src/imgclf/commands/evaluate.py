@@ -11,19 +11,32 @@ if TYPE_CHECKING:
     from imgclf.resolve import LoadedModel
 
 NAME = "evaluate"
-HELP = "accuracy, top-5, per-class precision/recall and a confusion matrix of a package or checkpoint on a dataset"
+HELP = ("accuracy, top-5, per-class precision/recall and a confusion matrix of a package or checkpoint on a "
+        "dataset; with two models, both side by side")
+EPILOG = """\
+examples:
+  imgclf evaluate models/pets --data photos/
+  imgclf evaluate models/pets/1 models/pets/2 --data photos/test --data corrections/   # compare two versions
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model package directory, a training checkpoint (.pt), a Keras model file "
-                                   "(.h5/.keras) or a zoo model name")
-    p.add_argument("--data", help="dataset (same forms as 'imgclf train --data')")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("model", nargs="+", metavar="MODEL",
+                   help="model package directory (or a version folder, or a folder of versions: its default), "
+                        "a training checkpoint (.pt), a Keras model file (.h5/.keras) or a zoo model name; "
+                        "give two to compare them on the same images")
+    p.add_argument("--data", action="append", default=[], metavar="DATA",
+                   help="dataset (same forms as 'imgclf train --data'); with two models, repeat it to compare "
+                        "on several (e.g. a test folder and the corrected images)")
     p.add_argument("--format", default="auto", choices=["auto", "cifar10", "folder", "idx", "fashion-mnist", "mnist"])
     p.add_argument("--split", choices=["test", "val", "train"], help="default: test, else val")
     p.add_argument("--val-fraction", type=float,
                    help="for datasets without val/ and test/: the fraction split off as val (default: as in training)")
     p.add_argument("--seed", type=int, help="seed of that split (default: as in training)")
-    p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png (default: eval-MODELNAME)")
+    p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png, or with two models "
+                                 "compare.json (default: eval-MODELNAME, compare-NAME)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decode threads")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -49,7 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    loaded = open_model(args.model)
+    if len(args.model) > 2:
+        raise UserError(f"give one model to evaluate or two to compare, not {len(args.model)}")
+    if len(args.model) == 2:
+        return compare(args)
+    if len(args.data) > 1:
+        raise UserError("several --data need two models to compare; evaluate one dataset at a time")
+    args.data = args.data[0] if args.data else None
+    loaded = open_model(args.model[0])
     engine = loaded.engine
     trained_fraction, trained_seed = split_defaults(loaded)
     val_fraction = args.val_fraction if args.val_fraction is not None else trained_fraction
@@ -66,4 +86,47 @@ def run(args: argparse.Namespace) -> int:
         print(f"{engine.name} on {dataset.name}")
         print(format_evaluation(ev))
         print(f"wrote {' and '.join(str(f) for f in files.values())}")
+    return 0
+
+
+def _label(loaded: LoadedModel, arg: str) -> str:
+    """How a model is named in the table: its name and version, or what the user typed."""
+    engine = loaded.engine
+    return f"{engine.name} v{engine.version}" if loaded.package is not None else arg
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Two models on the same split of each --data, side by side (and compare.json)."""
+    from imgclf.data import open_dataset
+    from imgclf.evaluation.compare import compare_split, format_comparison
+    from imgclf.package import package_name
+    from imgclf.resolve import open_model
+
+    if not args.data:
+        raise UserError("--data is required: the images both models are compared on")
+    a, b = (open_model(m) for m in args.model)
+    names = [_label(a, args.model[0]), _label(b, args.model[1])]
+    if names[0] == names[1]:
+        names = list(args.model)
+    # A folder of class subfolders alone is compared on all its images (unless --val-fraction).
+    val_fraction = args.val_fraction if args.val_fraction is not None else 0.0
+    seed = args.seed if args.seed is not None else 0
+    results = []
+    for data in args.data:
+        dataset = open_dataset(data, args.format, val_fraction=val_fraction, seed=seed)
+        split = args.split or ("test" if "test" in dataset.splits else "val" if "val" in dataset.splits
+                               else "train")
+        results.append(compare_split(a.engine, b.engine, dataset, split, batch_size=args.batch_size,
+                                     workers=args.workers))
+    doc = {"models": [{"model": arg, "name": m.engine.name, "version": m.engine.version, "label": label}
+                      for arg, m, label in zip(args.model, (a, b), names, strict=True)],
+           "datasets": [r.to_dict() for r in results]}
+    out = Path(args.out or f"compare-{package_name(a.engine.name)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n\n".join(format_comparison(r, *names) for r in results))
+        print(f"wrote {out / 'compare.json'}")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from imgclf.errors import UserError
+
 if TYPE_CHECKING:
     from imgclf.finetune.options import FinetuneOptions
 
@@ -22,6 +24,7 @@ examples:
   imgclf finetune --data photos/ --base vgg16 --epochs 3 --augment light --out models/pets-vgg
   imgclf finetune --out models/pets --resume     # continue an interrupted run, same options
   imgclf serve --model models/pets
+  imgclf finetune --data photos/ --add-data corrections/ --publish-to models --name pets   # version N+1
 """
 
 
@@ -32,7 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="FOLDER",
                    help="FOLDER/<class>/*.jpg, or FOLDER/train/<class>/... with optional val/ and test/ "
                         "(required unless --resume)")
-    p.add_argument("--out", required=True, metavar="DIR", help="package directory to write (servable as is)")
+    p.add_argument("--out", metavar="DIR", help="package directory to write (servable as is)")
+    p.add_argument("--publish-to", metavar="MODEL_DIR",
+                   help="instead of --out: publish the next version of MODEL_DIR/<--name>/ (1/, 2/, ...), "
+                        "recording the current default version as its parent; the default is not changed")
+    p.add_argument("--add-data", action="append", default=[], metavar="DIR",
+                   help="more class subfolders for the training split only, e.g. an 'imgclf feedback export' "
+                        "folder (its feedback record ids are recorded); repeatable")
+    p.add_argument("--parent", metavar="PACKAGE",
+                   help="the package (or version folder) this model follows: its classes must be kept, its "
+                        "version and sha256 are recorded, its base model and image size are the defaults"),
     p.add_argument("--base", metavar="NAME",
                    help="zoo model to start from (default efficientnet_lite0; see 'imgclf models')")
     p.add_argument("--weights", metavar="FILE", help="local weights for the base model instead of the official ones")
@@ -72,12 +84,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
     """The command's flags as the typed options :func:`imgclf.training_api.run_finetuning` takes: the
     flags given, the defaults, or with ``--resume`` the options the run in ``--out`` was started with."""
+    from imgclf.finetune.lineage import open_parent, parent_settings, publish_target
     from imgclf.finetune.state import resolve_options
 
+    out, parent, name, version = args.out, args.parent, args.name, None
+    if args.publish_to:
+        if args.out:
+            raise UserError("give --out or --publish-to, not both")
+        target, version, parent, name = publish_target(args.publish_to, args.name, args.parent)
+        out = str(target)
+    elif not args.out:
+        raise UserError("--out (a package folder) or --publish-to (a model directory) is required")
+    base, image_size = args.base, args.image_size
+    if parent is not None and (base is None or image_size is None):
+        inherited = parent_settings(open_parent(parent)[0])
+        base = base or inherited.get("base")
+        image_size = image_size or inherited.get("image_size")
     return resolve_options({
-        "out": args.out, "resume": args.resume, "data": args.data, "base": args.base, "weights": args.weights,
-        "name": args.name, "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
-        "image_size": args.image_size, "augment": args.augment, "lr": args.lr, "finetune_lr": args.finetune_lr,
+        "out": out, "add_data": args.add_data or None, "parent": parent, "version": version, "resume": args.resume, "data": args.data, "base": base, "weights": args.weights,
+        "name": name, "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
+        "image_size": image_size, "augment": args.augment, "lr": args.lr, "finetune_lr": args.finetune_lr,
         "lr_decay": args.lr_decay, "groups": args.groups, "batch_size": args.batch_size,
         "val_fraction": args.val_fraction, "patience": args.patience, "seed": args.seed,
         "label_smoothing": args.label_smoothing, "tta": args.tta, "cache_dir": args.cache_dir,
@@ -90,11 +116,21 @@ def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from imgclf.model_store import ModelStore
     from imgclf.training_api import run_finetuning
 
-    result = run_finetuning(options_from_args(args))
+    opts = options_from_args(args)
+    result = run_finetuning(opts)
     if result.stopped == "interrupted":
         print(f"imgclf: interrupted; checkpoints are in {result.out}/training; continue with: "
               f"imgclf finetune --out {result.out} --resume", file=sys.stderr)
         return 130
+    if args.publish_to:
+        default = ModelStore(result.out.parent).default_version()
+        if default == opts.version:
+            print(f"published version {opts.version} of {opts.name}, its default version; serve it with: "
+                  f"imgclf serve --model-dir {args.publish_to}")
+        else:
+            print(f"published version {opts.version} of {opts.name} (default version: {default}); roll it out on a "
+                  f"server with: POST /v1/models/{opts.name}/default {{\"version\": \"{opts.version}\"}}")
     return 0

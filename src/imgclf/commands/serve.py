@@ -5,8 +5,13 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.server.config import FeedbackSettings
 
 NAME = "serve"
 HELP = "serve models over HTTP: REST API, Open Inference Protocol (KServe V2), web page, metrics"
@@ -18,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model). Default: every package in --model-dir, else efficientnet_lite0")
     p.add_argument("--model-dir", metavar="DIR",
                    help="folder of model packages that the management API can load and unload by name")
+    p.add_argument("--store-poll-s", type=float, default=2.0, metavar="S",
+                   help="seconds between looks at --model-dir for version changes another server made "
+                        "(versions.json; default 2, 0: never)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch-size", type=int, default=16, help="images per ONNX Runtime call (default 16)")
@@ -40,8 +48,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "closes, so a load balancer stops sending requests first (default 0)")
     p.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="once the port is closed, longest wait for requests in flight to finish (default 10)")
+    g = p.add_argument_group("feedback", "corrections from users: POST /v1/models/{name}/feedback and the web "
+                                         "page's right/wrong buttons (review them with imgclf feedback)")
+    g.add_argument("--feedback", action="store_true",
+                   help="take corrections (stored as pending; listing and review need --api-key)")
+    g.add_argument("--db", metavar="URL", default=os.environ.get("IMGCLF_FEEDBACK_DB"),
+                   help="feedback database (implies --feedback; default: $IMGCLF_FEEDBACK_DB, else SQLite "
+                        "feedback.db in the store folder); PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    g.add_argument("--feedback-store", metavar="DIR",
+                   help="feedback store folder: images (and the SQLite database); implies --feedback. "
+                        "Default: $IMGCLF_HOME/feedback, else ~/.local/share/imgclf/feedback")
+    g.add_argument("--feedback-quota-mb", type=float, default=1024.0,
+                   help="most image megabytes the store holds; more is answered 507 (default 1024)")
+    g.add_argument("--feedback-max-records", type=int, default=100_000,
+                   help="most records the store holds; more is answered 507 (default 100000)")
+    g.add_argument("--feedback-rate", type=float, default=60.0, metavar="PER_MINUTE",
+                   help="corrections per minute one client address may send; more is answered 429 (default 60)")
+    g.add_argument("--feedback-burst", type=int, default=20, help="corrections one client may send at once (default 20)")
+    g.add_argument("--keep-uploads-mb", type=float, default=64.0,
+                   help="recent uploads kept in memory so a correction can cite its prediction_id (default 64; 0: off)")
+    g.add_argument("--log-predictions", action="store_true",
+                   help="also log every prediction (model version, top-k, timings) in the feedback database")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def _feedback_settings(args: argparse.Namespace) -> FeedbackSettings | None:
+    from imgclf import feedback
+    from imgclf.server.config import FeedbackSettings
+
+    if not (args.feedback or args.db or args.feedback_store or args.log_predictions):
+        return None
+    if not feedback.available():
+        raise UserError(f"--feedback needs SQLAlchemy and Alembic: {feedback.EXTRA_HINT}")
+    try:
+        settings = FeedbackSettings(
+            db_url=args.db or None, store_dir=args.feedback_store,
+            max_bytes=int(args.feedback_quota_mb * 1024 * 1024), max_records=args.feedback_max_records,
+            rate_per_minute=args.feedback_rate, burst=args.feedback_burst,
+            keep_uploads_bytes=int(args.keep_uploads_mb * 1024 * 1024), log_predictions=args.log_predictions)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    # Open the store now: a bad URL or a store from a later imgclf stops here with a clear message.
+    # An unreachable database does not: the server starts and answers feedback 503 until it is back.
+    from imgclf.feedback.store import FeedbackStore
+
+    try:
+        FeedbackStore.open(settings.db_url, Path(settings.store_dir) if settings.store_dir else None).close()
+    except feedback.StoreUnavailableError as exc:
+        print(f"imgclf: warning: {exc}; feedback answers 503 until it is reachable", file=sys.stderr)
+    return settings
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -68,6 +124,7 @@ def _setup_logging(level: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from imgclf.model_store import resolve_package
     from imgclf.package import load_package
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
@@ -76,13 +133,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shutdown_delay < 0 or args.graceful_timeout < 0:
         raise UserError("--shutdown-delay and --graceful-timeout must not be negative")
+    feedback = _feedback_settings(args)
     paths = package_dirs(args.model, args.model_dir)
     for path in paths:
-        load_package(path)  # a broken package stops here with a clear message, before listening
+        load_package(resolve_package(path))  # a broken package stops here with a clear message, before listening
     try:
         config = ServerConfig(
             models=tuple(str(p) for p in paths),
             model_dir=args.model_dir,
+            store_poll_s=args.store_poll_s,
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
             queue_size=args.queue_size,
@@ -91,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key or None,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             max_images_per_request=args.max_images,
+            feedback=feedback,
             **({"decode_threads": args.decode_threads} if args.decode_threads else {}),
         )
     except ValueError as exc:

@@ -15,6 +15,7 @@ fail are listed and left out. A folder that cannot be trained on raises
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from imgclf.data import RawDataset, decode_folder, scan_folder, split_off_val
 from imgclf.errors import UserError
+from imgclf.finetune.lineage import ExtraData, add_training_data
 from imgclf.preprocess import PreprocessSpec
 from imgclf.train.data import ImageSet
 
@@ -45,6 +47,7 @@ class FolderData:
     raw: RawDataset = field(repr=False)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    extras: list[ExtraData] = field(default_factory=list)  # --add-data folders, in the train split
 
     @property
     def all_files(self) -> list[Path]:
@@ -102,8 +105,10 @@ def _images(raw: RawDataset, name: str) -> ImageSet | None:
 
 def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fraction: float = 0.2, seed: int = 0,
                 cache_dir: Path | None = None, workers: int | None = None, progress: bool = True,
-                use_cache: bool = True) -> FolderData:
-    """Scan, split, check and decode a folder of class subfolders (see the module docstring)."""
+                use_cache: bool = True, add_data: Sequence[str | Path] = ()) -> FolderData:
+    """Scan, split, check and decode a folder of class subfolders (see the module docstring);
+    ``add_data``'s folders join the training split (:func:`imgclf.finetune.lineage.add_training_data`)."""
+
     root = Path(root).expanduser()
     _check_layout(root)
     if not 0.0 < val_fraction < 1.0:
@@ -113,6 +118,7 @@ def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fract
     # A val/ folder is used as is; otherwise a stratified split of train (even when test/ exists:
     # the test split is only scored at the end, never used to pick an epoch).
     raw = split_off_val(raw, None if "val" in raw.splits else val_fraction, seed)
+    extras = add_training_data(raw, add_data)
     totals = {c: 0 for c in raw.classes}
     for split in raw.splits.values():
         for label in split.labels:
@@ -136,7 +142,8 @@ def load_folder(root: str | os.PathLike[str], spec: PreprocessSpec, *, val_fract
     assert train is not None
     if val is None or len(val) == 0:
         raise UserError(f"{root} has too few images to hold out a validation split; add images")
-    data = FolderData(root, list(raw.classes), train, val, test, raw.val_from or "", raw, list(raw.skipped))
+    data = FolderData(root, list(raw.classes), train, val, test, raw.val_from or "", raw, list(raw.skipped),
+                      extras=extras)
     data.warnings = balance_warnings(data)
     return data
 

@@ -4,16 +4,17 @@ run's saved ones: :func:`imgclf.finetune.state.resolve_options`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Required, TypedDict
 
 from imgclf.errors import UserError
 
 # Options that define a run (kept in the run state); --resume reuses them.
 DEFINING = ("data", "base", "weights", "epochs", "freeze_epochs", "image_size", "augment", "lr", "finetune_lr",
-            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing", "tta", "name")
+            "lr_decay", "groups", "batch_size", "val_fraction", "patience", "seed", "label_smoothing", "tta", "name",
+            "add_data", "parent", "version")
 # What the checkpoints depend on: --resume may not change these (see imgclf.train.resume_options).
-FIXED_ON_RESUME = ("data", "base", "weights", "image_size", "groups", "val_fraction", "seed")
+FIXED_ON_RESUME = ("data", "add_data", "base", "weights", "image_size", "groups", "val_fraction", "seed")
 
 
 class StatedOptions(TypedDict, total=False):
@@ -22,6 +23,9 @@ class StatedOptions(TypedDict, total=False):
     out: Required[str]
     resume: bool
     data: str | None
+    add_data: list[str] | None
+    parent: str | None
+    version: str | None
     base: str | None
     weights: str | None
     name: str | None
@@ -75,6 +79,9 @@ class FinetuneOptions:
     workers: int | None = None
     progress: bool | None = None
     resume: bool = False
+    add_data: list[str] = field(default_factory=list)  # extra class folders for training (feedback exports)
+    parent: str | None = None  # the package this version follows (recorded; its labels must be kept)
+    version: str = "1"  # the package's version
 
     @property
     def stage2_lr(self) -> float:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from imgclf.finetune.backbone import Split
     from imgclf.finetune.dataset import FolderData
     from imgclf.finetune.state import RunState
+    from imgclf.package import ModelPackage
     from imgclf.preprocess import PreprocessSpec
     from imgclf.zoo.registry import ZooEntry
 
@@ -70,6 +71,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     from imgclf.finetune.backbone import split_model
     from imgclf.finetune.dataset import load_folder
     from imgclf.finetune.features import cached_features
+    from imgclf.finetune.lineage import check_labels, open_parent
     from imgclf.finetune.stages import layerwise_groups, load_stage_weights, train_all, train_head
     from imgclf.finetune.state import open_run, save_state
     from imgclf.train.runtime import configure_cpu
@@ -88,10 +90,16 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
     cache_root = Path(opts.cache_dir) if opts.cache_dir else None
     run_dir, state = open_run(opts)
 
+    parent = open_parent(opts.parent) if opts.parent else None
     data = load_folder(opts.data, spec, val_fraction=opts.val_fraction, seed=opts.seed,
                        cache_dir=cache_root / "datasets" if cache_root else None, workers=opts.workers,
-                       progress=opts.progress is not False, use_cache=opts.use_cache)
+                       progress=opts.progress is not False, use_cache=opts.use_cache, add_data=opts.add_data)
+    if parent is not None:
+        check_labels(parent[0], data.classes)
     log(data.summary())
+    for extra in data.extras:
+        what = f"{len(extra.feedback_ids)} feedback records" if extra.manifest_sha256 else "extra images"
+        log(f"added to training: {extra.images} images from {extra.path} ({what})")
     for w in data.warnings:
         print(f"imgclf: warning: {w}", file=sys.stderr)
     model = zoo.build(opts.base, weights=opts.weights, allow_download=opts.allow_download)
@@ -161,14 +169,15 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> Finet
         load_stage_weights(split.head, run_dir / "stage1")
     result.kept = kept
     state["kept"] = kept
-    _export(result, split, data, spec, opts, state, name, entry, t_start, log)
+    _export(result, split, data, spec, opts, state, name, entry, t_start, log, parent)
     return result
 
 
 
 def _provenance(split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions, state: RunState,
-                kept: str, entry: ZooEntry) -> Provenance:
+                kept: str, entry: ZooEntry, parent: tuple[ModelPackage, str] | None = None) -> Provenance:
     """The package's record of this run (the metrics measured on the package are added by publish)."""
+    from imgclf.finetune.lineage import lineage_record
     from imgclf.finetune.report import stage_summaries
 
     stages = stage_summaries(state)
@@ -190,11 +199,13 @@ def _provenance(split: Split, data: FolderData, spec: PreprocessSpec, opts: Fine
                               skipped_files=len(data.skipped)),
         metrics={"training_seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1)},
         training=training,
+        extra=lineage_record(parent, data.extras),
     )
 
 
 def _export(result: FinetuneResult, split: Split, data: FolderData, spec: PreprocessSpec, opts: FinetuneOptions,
-            state: RunState, name: str, entry: ZooEntry, t_start: float, log: Callable[[str], None]) -> None:
+            state: RunState, name: str, entry: ZooEntry, t_start: float, log: Callable[[str], None],
+            parent: tuple[ModelPackage, str] | None = None) -> None:
     """Publish the kept model at ``--out`` (evaluated on val and test through the serving path),
     with the run's record beside it."""
     import torch
@@ -206,7 +217,7 @@ def _export(result: FinetuneResult, split: Split, data: FolderData, spec: Prepro
     kept = result.kept or "all"
     net: torch.nn.Module = split.net.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     net = net.float().eval()
-    provenance = _provenance(split, data, spec, opts, state, kept, entry)
+    provenance = _provenance(split, data, spec, opts, state, kept, entry, parent)
     if opts.tta:
         from imgclf.train.models import TTA
 
@@ -218,6 +229,7 @@ def _export(result: FinetuneResult, split: Split, data: FolderData, spec: Prepro
 
     splits = ["val"] + (["test"] if data.test is not None else [])
     published = publish(net, out, name=name, labels=list(data.classes), spec=spec, provenance=provenance,
+                        version=opts.version,
                         check_image=data.val.images[0].permute(1, 2, 0).numpy(), dataset=data.raw,
                         eval_splits=splits, report=report)
     result.package = published.package.path

@@ -44,6 +44,7 @@ class RunState(TypedDict, total=False):
 def defining(opts: FinetuneOptions) -> dict[str, Any]:
     d = {k: getattr(opts, k) for k in DEFINING}
     d["data"] = str(Path(opts.data).expanduser().resolve())
+    d["add_data"] = [str(Path(p).expanduser().resolve()) for p in opts.add_data]
     return d
 
 

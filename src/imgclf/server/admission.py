@@ -39,7 +39,8 @@ _ROUTES = [
     (re.compile(r"^/predict$"), "/predict"),
     (re.compile(r"^/v1/models/([^/]+)/predict$"), "/v1/models/{name}/predict"),
     (re.compile(r"^/v2/models/([^/]+)/infer$"), "/v2/models/{name}/infer"),
-    (re.compile(r"^/v2/models/([^/]+)/versions/[^/]+/infer$"), "/v2/models/{name}/versions/{version}/infer"),
+    (re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)/infer$"), "/v2/models/{name}/versions/{version}/infer"),
+    (re.compile(r"^/v1/models/([^/]+)/versions/([^/]+)/predict$"), "/v1/models/{name}/versions/{version}/predict"),
 ]
 
 
@@ -60,7 +61,9 @@ class AdmissionGate:
             m = pattern.match(path)
             if m is None:
                 continue
-            if m.groups():
+            if len(m.groups()) == 2:
+                model = self.registry.loaded.get(m.group(1), {}).get(m.group(2))
+            elif m.groups():
                 model = self.registry.models.get(m.group(1))
             else:
                 try:

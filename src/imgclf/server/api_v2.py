@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from imgclf import __version__
 from imgclf.engine import top_k
 from imgclf.server.admission import admitted
-from imgclf.server.errors import ERROR_CODE_KEY, ApiError, bad_request, error_responses, not_found
+from imgclf.server.errors import ERROR_CODE_KEY, ApiError, bad_request, error_responses
 from imgclf.server.inference import Inference, Timing, Upload
 from imgclf.server.parsing import decode_base64, loads, off_loop, read_body, split_bytes_elements
 from imgclf.server.registry import ServedModel
@@ -44,10 +44,7 @@ EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
 
 
 def _model(request: Request, name: str, version: str | None, *, inference: bool = False) -> ServedModel:
-    model = use_model(request, name, inference=inference)
-    if version is not None and version != model.version:
-        raise not_found(f"model {name!r} has version {model.version!r}, not {version!r}", code="model_not_found")
-    return model
+    return use_model(request, name, version=version, inference=inference)
 
 
 # -- health and metadata -------------------------------------------------------------------
@@ -73,10 +70,11 @@ async def ready(request: Request, response: Response) -> Ready:
     return Ready(ready=ok)
 
 
-def _metadata(model: ServedModel) -> ModelMetadata:
+def _metadata(request: Request, model: ServedModel) -> ModelMetadata:
+    loaded = app_state(request).registry.versions_of(model.name)
     return ModelMetadata(
         name=model.name,
-        versions=[model.version],
+        versions=[model.version] + [v for v in loaded if v != model.version],
         platform="onnxruntime_onnx",
         inputs=[TensorMetadata(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
         outputs=[TensorMetadata(name=model.output_name, datatype="FP32", shape=[-1, len(model.labels)])],
@@ -89,13 +87,13 @@ V2_404 = error_responses(400, 404, v2=True)
 
 @router.get("/v2/models/{name}", response_model=ModelMetadata, responses=V2_404, summary="Model metadata")
 async def model_metadata(request: Request, name: ModelName) -> ModelMetadata:
-    return _metadata(_model(request, name, None))
+    return _metadata(request, _model(request, name, None))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=V2_404,
             summary="Model metadata (one version)")
 async def model_version_metadata(request: Request, name: ModelName, version: str) -> ModelMetadata:
-    return _metadata(_model(request, name, version))
+    return _metadata(request, _model(request, name, version))
 
 
 @router.get("/v2/models/{name}/ready", response_model=Ready, responses=V2_404, summary="Model readiness")

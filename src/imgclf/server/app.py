@@ -14,13 +14,13 @@ from fastapi.middleware import Middleware
 from pydantic.json_schema import models_json_schema
 
 from imgclf import __version__
-from imgclf.server import api_v1, api_v2, management, web
+from imgclf.server import api_feedback, api_v1, api_v2, management, web
 from imgclf.server.admission import AdmissionGate
 from imgclf.server.auth import MANAGEMENT_OFF
 from imgclf.server.config import ServerConfig
 from imgclf.server.errors import install_error_handlers
 from imgclf.server.middleware import BodyGuardMiddleware, MetricsMiddleware
-from imgclf.server.schemas import InferenceRequest
+from imgclf.server.schemas import FeedbackRequest, InferenceRequest
 from imgclf.server.state import AppState
 
 log = logging.getLogger("imgclf.server")
@@ -31,6 +31,8 @@ DESCRIPTION = """Image classification over HTTP, on ONNX Runtime.
   model listing and details. `POST /predict` is the same on the default model.
 * **v2**: the Open Inference Protocol (KServe V2) with the classification, binary tensor data and
   model repository extensions.
+* **feedback**: `POST /v1/models/{name}/feedback` tells a model the right label for an image (pending
+  review); listing, review and deletion need the API key (servers started with `--feedback`).
 * Errors are `{"error": {"code": ..., "message": ...}}` with the matching HTTP status.
 """
 
@@ -58,7 +60,7 @@ def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
         # A copy: route declarations share their schema dicts between apps, and this one gets this app's limits.
         doc = copy.deepcopy(get_openapi(title=app.title, version=app.version, description=app.description,
                                         routes=app.routes, tags=app.openapi_tags))
-        _, defs = models_json_schema([(InferenceRequest, "validation")],
+        _, defs = models_json_schema([(InferenceRequest, "validation"), (FeedbackRequest, "validation")],
                                      ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
         _limit_image_counts(doc, config.max_images_per_request)
@@ -78,15 +80,21 @@ def create_app(config: ServerConfig) -> FastAPI:
             task = asyncio.get_running_loop().create_task(state.registry.load_startup_models())
         else:
             await state.registry.load_startup_models()
+        watcher = None
+        if config.model_dir and config.store_poll_s > 0:
+            watcher = asyncio.get_running_loop().create_task(state.registry.watch_store(config.store_poll_s))
         try:
             yield
         finally:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for t in (task, watcher):
+                if t is not None and not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
             await state.registry.close()
             state.inference.close()
+            if state.feedback is not None:
+                state.feedback.close()
 
     app = FastAPI(
         title="imgclf",
@@ -104,6 +112,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.imgclf = state
     install_error_handlers(app)
     app.include_router(api_v1.router)
+    app.include_router(api_feedback.router)
     app.include_router(api_v2.router)
     app.include_router(management.router)
     web.mount(app)

@@ -11,6 +11,30 @@ DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Where the server keeps what users tell it, and how much one client may send."""
+
+    db_url: str | None = None  # None: SQLite feedback.db in store_dir
+    store_dir: str | None = None  # None: the default store folder under the imgclf home
+    max_bytes: int | None = 1024 * 1024 * 1024
+    max_records: int | None = 100_000
+    rate_per_minute: float = 60.0  # corrections per client address
+    burst: int = 20
+    # Uploads kept in memory so a correction can cite a prediction's id instead of re-sending the image.
+    keep_uploads_bytes: int = 64 * 1024 * 1024
+    log_predictions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rate_per_minute <= 0 or self.burst < 1:
+            raise ValueError("the feedback rate limit needs a positive rate and a burst of at least 1")
+        if self.keep_uploads_bytes < 0:
+            raise ValueError("keep_uploads_bytes must not be negative")
+        for limit in (self.max_bytes, self.max_records):
+            if limit is not None and limit < 1:
+                raise ValueError("the feedback quota must be positive")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How the server loads, batches and guards its models.
 
@@ -36,8 +60,12 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_images_per_request: int = 64
     max_pixels: int | None = None
+    # Seconds between looks at the model directory's versions.json files (0: never; see model_store).
+    store_poll_s: float = 2.0
     # Load models after the server starts listening (liveness at once, readiness after warm-up).
     load_in_background: bool = True
+    # Corrections from users (POST /v1/models/{name}/feedback); None: the feature is off.
+    feedback: FeedbackSettings | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(str(m) for m in self.models))
@@ -46,6 +74,7 @@ class ServerConfig:
             (self.max_delay_ms >= 0, "max_delay_ms must not be negative"),
             (self.queue_size >= 1, "queue_size must be at least 1"),
             (self.request_timeout_s > 0, "request_timeout_s must be positive"),
+            (self.store_poll_s >= 0, "store_poll_s must not be negative"),
             (self.decode_threads >= 1, "decode threads must be at least 1"),
             (self.ort_threads is None or self.ort_threads >= 1, "ort_threads must be at least 1"),
             (self.max_body_bytes >= 1, "max_body_bytes must be positive"),

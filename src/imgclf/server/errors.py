@@ -66,6 +66,10 @@ def not_found(message: str, code: str = "not_found") -> ApiError:
     return ApiError(404, code, message)
 
 
+def conflict(message: str, code: str = "conflict") -> ApiError:
+    return ApiError(409, code, message)
+
+
 def queue_full(model: str, retry_after_s: float) -> ApiError:
     seconds = max(1, math.ceil(retry_after_s))
     return ApiError(429, "queue_full", f"model {model!r} is at capacity; retry in {seconds} s",
@@ -165,6 +169,7 @@ def error_responses(*statuses: int, v2: bool = False) -> dict[int | str, dict[st
         403: "The management API is off (the server has no API key)",
         408: "The request body did not arrive within the server's timeout",
         404: "Unknown model",
+        409: "The change conflicts with the model's state (for example: unloading its default version)",
         413: "Request body over the size limit (payload_too_large), or too many images (too_many_images)",
         415: "Not an image format the server reads, or an unsupported Content-Type",
         422: "Undecodable, truncated or oversized (decompression bomb) image",

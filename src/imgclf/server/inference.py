@@ -40,8 +40,11 @@ class Timing:
     decode_s: float = 0.0
     batch_s: float = 0.0
 
+    def total_s(self) -> float:
+        return time.perf_counter() - self.started
+
     def header(self) -> str:
-        total = time.perf_counter() - self.started
+        total = self.total_s()
         return (f"decode;dur={self.decode_s * 1000:.1f}, batch;dur={self.batch_s * 1000:.1f}, "
                 f"total;dur={total * 1000:.1f}")
 

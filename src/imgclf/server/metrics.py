@@ -69,6 +69,8 @@ class Metrics:
         self.batch_size = Histogram("imgclf_batch_size", "Images per ONNX Runtime call", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("imgclf_images", "Images classified", ["model"], registry=r)
+        self.version_images = Counter("imgclf_version_images", "Images classified by model and version",
+                                      ["model", "version"], registry=r)
         self.throughput = _Throughput()
         r.register(self.throughput)
         self._depths: Callable[[], dict[str, int]] = dict
@@ -88,11 +90,13 @@ class Metrics:
             g.add_metric([model], depth)
         yield g
 
-    def on_batch(self, model: str) -> Callable[[int, list[float], float], None]:  # the batcher's callback
+    def on_batch(self, model: str, version: str = "") -> Callable[[int, list[float], float], None]:
+        """The batcher's callback for one loaded version of ``model``."""
         queue_time = self.queue_time.labels(model)
         inference = self.inference_time.labels(model)
         batch_size = self.batch_size.labels(model)
         images = self.images.labels(model)
+        version_images = self.version_images.labels(model, version)
 
         def record(size: int, waits: list[float], seconds: float) -> None:
             for w in waits:
@@ -100,6 +104,7 @@ class Metrics:
             inference.observe(seconds)
             batch_size.observe(size)
             images.inc(size)
+            version_images.inc(size)
             self.throughput.add(model, size)
 
         return record

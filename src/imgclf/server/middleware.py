@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.server.errors import ERROR_CODE_KEY, ApiError, send_error
 from imgclf.server.metrics import Metrics
-from imgclf.server.state import ENDPOINT_KEY, INFER_KEY, MODEL_KEY
+from imgclf.server.state import ENDPOINT_KEY, INFER_KEY, MODEL_KEY, VERSION_KEY
 
 # Lingering close: what is read and thrown away after an early answer before the connection closes.
 DRAIN_MIN_BYTES = 64 * 1024 * 1024  # at least this much (or twice the body limit, if more)
@@ -153,7 +154,8 @@ class BodyGuardMiddleware:
 
 
 class MetricsMiddleware:
-    """Counts every request by model, endpoint (the route's template) and status."""
+    """Counts every request by model, endpoint (the route's template) and status, and names the
+    model version that answered in an ``X-Model-Version`` header."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -170,6 +172,11 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                version = scope.get(VERSION_KEY)
+                if version is not None:
+                    value = urllib.parse.quote(str(version), safe="")  # model.json's version is free text
+                    headers = [*message.get("headers", []), (b"x-model-version", value.encode("ascii"))]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

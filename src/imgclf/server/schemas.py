@@ -22,6 +22,8 @@ BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 MODEL_NAME_MAX = 64
 ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, max_length=MODEL_NAME_MAX, description="A model's name")]
+# A version in a path: a version folder's name (digits) or the version a plain package's model.json names.
+ModelVersion = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="A model version")]
 # Largest tensor dimension the server reads (the first one is also capped by --max-images: 413).
 MAX_SHAPE_DIM = 2**31 - 1
 
@@ -37,6 +39,9 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     predictions: list[list[Prediction]] = Field(description="Per image, in request order: the top-k classes")
+    prediction_ids: list[str] | None = Field(
+        default=None, description="Per image, an id to cite in feedback instead of sending the image again "
+                                  "(servers that take feedback)")
 
 
 class Batching(BaseModel):
@@ -71,6 +76,20 @@ class ModelInfo(BaseModel):
                               queue_size=model.batcher.queue_size, timeout_s=config.request_timeout_s),
             loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
         )
+
+
+class VersionsInfo(BaseModel):
+    name: str
+    default: str = Field(description="The version the unversioned routes use")
+    previous: str | None = Field(default=None, description="The version a rollback returns to")
+    loaded: list[str] = Field(description="Versions this server has loaded (addressable as .../versions/{v})")
+    available: list[str] = Field(description="Versions in the model directory")
+
+
+class DefaultVersionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
+        description="The version to make the default")
 
 
 class ModelList(BaseModel):
@@ -224,3 +243,78 @@ class RepositoryEntry(BaseModel):
 class RepositoryIndexRequest(BaseModel):
     model_config = ConfigDict(strict=True)
     ready: StrictBool | None = Field(default=None, description="true: list only loaded models")
+
+
+# -- feedback ------------------------------------------------------------------------------
+
+FEEDBACK_LABEL_MAX = 500
+
+
+class FeedbackRequest(BaseModel):
+    """A correction as JSON: the label the image should have, and the image or the prediction's id."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    label: StrictStr = Field(min_length=1, max_length=FEEDBACK_LABEL_MAX, description="The right label (one of the model's labels)")
+    b64: Base64 | None = Field(default=None, description="The image, base64-encoded (or give prediction_id)")
+    prediction_id: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                            description="The prediction_id a predict response gave for the image")
+    version: StrictStr | None = Field(default=None, max_length=200,
+                                      description="The model version that answered (default: the one served)")
+    predicted_label: StrictStr | None = Field(default=None, max_length=FEEDBACK_LABEL_MAX,
+                                              description="What the model said")
+    predicted_score: float | None = Field(default=None, ge=0.0, le=1.0, description="Its score")
+    submitted_by: StrictStr | None = Field(default=None, max_length=200, description="Who sends it, as they name themselves")
+
+
+class FeedbackRecord(BaseModel):
+    id: int
+    sha256: str = Field(description="SHA-256 of the image's bytes")
+    model: str
+    version: str
+    label: str = Field(description="The label the person gave")
+    predicted_label: str | None
+    predicted_score: float | None
+    client: str = Field(description="The sender's address")
+    submitted_by: str | None
+    status: Literal["pending", "accepted", "rejected"]
+    created_at: str
+    reviewed_at: str | None
+    reviewed_by: str | None
+
+
+class FeedbackList(BaseModel):
+    total: int = Field(description="Records matching the filters, in all")
+    records: list[FeedbackRecord]
+
+
+class FeedbackSettingsInfo(BaseModel):
+    enabled: bool = Field(description="Whether this server takes feedback")
+    keeps_uploads: bool = Field(description="Whether predict responses carry prediction_ids to cite")
+
+
+def feedback_request_body() -> dict[str, Any]:
+    text = {"type": "string"}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "The right label and the image (a file or base64), or the prediction_id of a "
+                           "recent prediction",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["label"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": "the image"},
+                            "label": {**text, "minLength": 1, "maxLength": FEEDBACK_LABEL_MAX},
+                            "prediction_id": {**text, "pattern": r"^[0-9a-f]{64}$"},
+                            "version": text, "predicted_label": text,
+                            "predicted_score": {"type": "number", "minimum": 0, "maximum": 1},
+                            "submitted_by": text,
+                        },
+                    }
+                },
+                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}},
+            },
+        }
+    }

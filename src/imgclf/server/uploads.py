@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 IMAGE_FIELD = "file"
 # Text fields a multipart body may carry beside its files (a browser form may add a few).
 MAX_TEXT_FIELDS = 32
+# Bytes of one text field kept (a label, a version); a longer one is refused.
+MAX_TEXT_BYTES = 4096
 ACCEPTED = "send multipart/form-data, image/* or application/json"
 
 
@@ -70,7 +72,7 @@ def json_instances(body: bytes, limit: int) -> list[Upload]:
     return uploads
 
 
-class _Parts:
+class FormParts:
     """Collects the parts python-multipart finds: their headers, then their bytes."""
 
     def __init__(self, file_limit: int) -> None:
@@ -82,6 +84,9 @@ class _Parts:
         self.headers: dict[bytes, bytes] = {}
         self.data: bytearray | None = None  # the current part's bytes, when it is a file named "file"
         self.name = b""
+        self.fields: dict[str, str] = {}  # text fields, by name (the first of each)
+        self.text: bytearray | None = None
+        self.text_name = ""
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -95,7 +100,7 @@ class _Parts:
         }
 
     def part_begin(self) -> None:
-        self.headers, self.data = {}, None
+        self.headers, self.data, self.text = {}, None, None
 
     def header_end(self) -> None:
         self.headers[bytes(self.header_name).lower()] = bytes(self.header_value)
@@ -111,6 +116,7 @@ class _Parts:
                 raise bad_request(f"the multipart body has more than {MAX_TEXT_FIELDS} text fields")
             if name == IMAGE_FIELD:
                 raise bad_request(f"multipart field {IMAGE_FIELD!r} #{len(self.files) + 1} is text, not a file upload")
+            self.text, self.text_name = bytearray(), name
             return
         if name != IMAGE_FIELD:
             return  # another file field: read past it
@@ -122,8 +128,15 @@ class _Parts:
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self.data is not None:
             self.data += data[start:end]
+        elif self.text is not None:
+            self.text += data[start:end]
+            if len(self.text) > MAX_TEXT_BYTES:
+                raise bad_request(f"multipart field {self.text_name!r} is longer than {MAX_TEXT_BYTES} bytes")
 
     def part_end(self) -> None:
+        if self.text is not None:
+            self.fields.setdefault(self.text_name, self.text.decode("utf-8", "replace"))
+            self.text = None
         if self.data is not None:
             label = self.name.decode("utf-8", "replace") or f"file {len(self.files) + 1}"
             self.files.append(Upload(label, bytes(self.data)))
@@ -131,11 +144,20 @@ class _Parts:
 
 
 async def _multipart(request: Request, config: ServerConfig) -> list[Upload]:
+    parts = await read_form(request, config, config.max_images_per_request)
+    if not parts.files:
+        raise bad_request(f"the multipart body has no {IMAGE_FIELD!r} file; send the image(s) as "
+                          f"-F {IMAGE_FIELD}=@photo.jpg")
+    return parts.files
+
+
+async def read_form(request: Request, config: ServerConfig, max_files: int) -> FormParts:
+    """A multipart body's files named ``file`` (at most ``max_files``) and its text fields."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
         raise bad_request("the multipart Content-Type has no boundary")
-    parts = _Parts(config.max_images_per_request)
+    parts = FormParts(max_files)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
         async with body_deadline(config.request_timeout_s):
@@ -144,7 +166,4 @@ async def _multipart(request: Request, config: ServerConfig) -> list[Upload]:
         parser.finalize()
     except MultipartParseError as exc:
         raise bad_request(f"the multipart body is malformed: {exc}") from None
-    if not parts.files:
-        raise bad_request(f"the multipart body has no {IMAGE_FIELD!r} file; send the image(s) as "
-                          f"-F {IMAGE_FIELD}=@photo.jpg")
-    return parts.files
+    return parts

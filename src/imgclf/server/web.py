@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from imgclf.server.state import app_state
 
@@ -22,6 +23,12 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/review", include_in_schema=False)
+async def review() -> FileResponse:
+    """The feedback review page (its API calls need the key, entered on the page)."""
+    return FileResponse(STATIC_DIR / "review.html", headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/favicon.ico", include_in_schema=False)
 async def favicon() -> FileResponse:
     return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
@@ -31,7 +38,8 @@ async def favicon() -> FileResponse:
             response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Metrics"}})
 async def metrics(request: Request) -> Response:
     m = app_state(request).metrics
-    return Response(m.render(), media_type=m.content_type)
+    # On a thread: the feedback gauge may query the store.
+    return Response(await run_in_threadpool(m.render), media_type=m.content_type)
 
 
 def _swagger_assets() -> Path | None:

@@ -1,4 +1,5 @@
-// imgclf web page: pick a model, add images (drop, paste or choose), see each image's top 5.
+// imgclf web page: pick a model, add images (drop, paste or choose), see each image's top 5,
+// and (on servers that take feedback) say whether it was right or choose the right label.
 // Plain JavaScript against the v1 REST API; no build step.
 "use strict";
 
@@ -54,6 +55,7 @@ async function loadModels() {
   if (data.default) modelSelect.value = data.default;
   modelSelect.disabled = models.length === 0;
   showModelInfo();
+  fillLabels();
   pump();
 }
 
@@ -77,7 +79,9 @@ function newCard(file) {
   img.alt = file.name;
   img.addEventListener("error", () => { img.replaceWith("no preview"); });
   results.append(card);
-  return { file, card, url };
+  const item = { file, card, url };
+  wireFeedback(item);
+  return item;
 }
 
 function render(item, predictions, ms, server) {
@@ -105,6 +109,91 @@ function render(item, predictions, ms, server) {
   card.querySelector(".latency").textContent =
     `${Math.round(ms)} ms` + (server !== null ? ` · server ${Math.round(server)} ms` : "");
   card.dataset.status = "done";
+  showFeedback(item);
+}
+
+// -- feedback: "right", or "wrong? choose the right label" -----------------------------------
+let feedbackEnabled = false;
+
+async function loadFeedbackSettings() {
+  try {
+    const res = await fetch("/v1/feedback/settings", { cache: "no-store" });
+    feedbackEnabled = res.ok && (await res.json()).enabled;
+  } catch { feedbackEnabled = false; }
+  $("#review-link").hidden = !feedbackEnabled;
+}
+
+function fillLabels() {
+  const m = models.find((x) => x.name === modelSelect.value);
+  $("#labels").replaceChildren(...(m ? m.labels : []).map((l) => new Option(l)));
+}
+
+function showFeedback(item) {
+  const box = item.card.querySelector(".feedback");
+  box.hidden = !feedbackEnabled || !item.top;
+  item.card.querySelector(".fb-status").textContent = "";
+  delete item.card.dataset.feedback;
+  item.card.querySelector(".fb-label").value = "";
+}
+
+function feedbackStatus(item, text, state) {
+  item.card.querySelector(".fb-status").textContent = text;
+  item.card.dataset.feedback = state;
+}
+
+async function postFeedback(item, body, asForm) {
+  const url = `/v1/models/${encodeURIComponent(item.model)}/feedback`;
+  if (asForm) {
+    const form = new FormData();
+    form.append("file", item.file, item.file.name || "image");
+    for (const [k, v] of Object.entries(body)) if (v !== null && v !== undefined) form.append(k, String(v));
+    return fetch(url, { method: "POST", body: form });
+  }
+  return fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+async function sendFeedback(item, label) {
+  const m = models.find((x) => x.name === item.model);
+  if (!m || !m.labels.includes(label)) {
+    feedbackStatus(item, `"${label}" is not one of this model's labels: pick one from the list`, "error");
+    return;
+  }
+  const body = { label, version: item.version, predicted_label: item.top.label, predicted_score: item.top.score };
+  feedbackStatus(item, "sending…", "sending");
+  let res;
+  try {
+    if (item.predictionId) {
+      res = await postFeedback(item, { ...body, prediction_id: item.predictionId }, false);
+      if (res.status === 404) {
+        const err = await res.clone().json().catch(() => null);
+        // The server no longer keeps the upload: send the image itself.
+        if (err && err.error && err.error.code === "prediction_not_found") res = await postFeedback(item, body, true);
+      }
+    } else {
+      res = await postFeedback(item, body, true);
+    }
+  } catch (err) {
+    feedbackStatus(item, "the server did not answer: " + err.message, "error");
+    return;
+  }
+  const data = await res.json().catch(() => null);
+  if (!res.ok) {
+    const message = data && data.error ? data.error.message : res.statusText;
+    feedbackStatus(item, `not sent: ${message} (HTTP ${res.status})`, "error");
+    return;
+  }
+  const what = label === item.top.label ? "Thanks: confirmed" : `Thanks: correction to "${label}" received`;
+  feedbackStatus(item, `${what} (#${data.id}, pending review)`, "sent");
+}
+
+function wireFeedback(item) {
+  const card = item.card;
+  card.querySelector(".fb-right").addEventListener("click", () => sendFeedback(item, item.top.label));
+  card.querySelector(".fb-wrong").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const label = card.querySelector(".fb-label").value.trim();
+    if (label) sendFeedback(item, label);
+  });
 }
 
 function fail(item, message, status) {
@@ -136,6 +225,10 @@ async function classify(item) {
     fail(item, message, res.status);
     return;
   }
+  item.model = body.model;
+  item.version = body.version;
+  item.top = body.predictions[0][0];
+  item.predictionId = body.prediction_ids ? body.prediction_ids[0] : null;
   render(item, body.predictions[0], ms, serverMs(res));
 }
 
@@ -163,6 +256,8 @@ function rerunAll() {
     item.card.dataset.status = "pending";
     item.card.querySelector(".predictions").replaceChildren();
     item.card.querySelector(".latency").textContent = "";
+    item.card.querySelector(".feedback").hidden = true;
+    item.top = null;
   }
   queue = items.slice();
   pump();
@@ -170,7 +265,7 @@ function rerunAll() {
 
 // -- wiring --------------------------------------------------------------------------------
 $("#files").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
-modelSelect.addEventListener("change", () => { showModelInfo(); rerunAll(); });
+modelSelect.addEventListener("change", () => { showModelInfo(); fillLabels(); rerunAll(); });
 $("#clear").addEventListener("click", () => {
   for (const item of items) URL.revokeObjectURL(item.url);
   items.length = 0;
@@ -198,5 +293,5 @@ document.addEventListener("paste", (e) => {
   if (files.length) { e.preventDefault(); addFiles(files); }
 });
 
-refreshStatus();
+loadFeedbackSettings().finally(refreshStatus);
 setInterval(refreshStatus, 5000);

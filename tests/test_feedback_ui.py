@@ -1,0 +1,93 @@
+"""The web page's feedback in headless Chromium: "right", "wrong? choose the right label" from the
+model's searchable label list, the "received" confirmation, and the review page behind the API key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from serve_support import live_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+KEY = "page-review-key"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    pytest.importorskip("sqlalchemy")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(lite0_package, tmp_path_factory):
+    home = lite0_package.parent.parent
+    store = tmp_path_factory.mktemp("feedback-store")
+    with live_server("--model", "efficientnet_lite0", "--feedback", "--feedback-store", str(store), "--api-key", KEY,
+                     env={"IMGCLF_HOME": str(home)}) as s:
+        yield s
+
+
+def card(page, name: str):
+    return page.locator(".card", has=page.locator(".file-name", has_text=name))
+
+
+def test_right_and_wrong_then_review(browser, server, sample_jpegs):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model:not([disabled])")
+    assert page.locator("#review-link").is_visible()
+    assert page.locator("#labels option").count() == 1000  # the model's labels, searchable in the input
+    page.set_input_files("#files", [str(sample_jpegs["chelsea"]), str(sample_jpegs["coffee"])])
+    page.wait_for_function("document.querySelectorAll('.card[data-status=done]').length === 2", timeout=60_000)
+
+    cat = card(page, "chelsea.jpg")
+    said = cat.locator(".pred-label").first.inner_text()
+    cat.locator(".fb-label").fill("not a label at all")
+    cat.locator(".fb-send").click()
+    assert "not one of this model's labels" in cat.locator(".fb-status").inner_text()
+    cat.locator(".fb-label").fill("Egyptian cat" if said != "Egyptian cat" else "tiger cat")
+    cat.locator(".fb-send").click()
+    page.wait_for_selector(".card[data-feedback=sent] >> text=received", timeout=30_000)
+    assert "pending review" in cat.locator(".fb-status").inner_text()
+
+    mug = card(page, "coffee.jpg")
+    mug.locator(".fb-right").click()
+    page.wait_for_function("document.querySelectorAll('.card[data-feedback=sent]').length === 2", timeout=30_000)
+    assert "confirmed" in mug.locator(".fb-status").inner_text()
+
+    records = httpx.get(server.url + "/v1/feedback", headers={"X-API-Key": KEY}).json()["records"]
+    assert len(records) == 2
+    by_label = {r["predicted_label"] == r["label"]: r for r in records}
+    assert by_label[False]["predicted_label"] == said and by_label[False]["label"] in ("Egyptian cat", "tiger cat")
+
+    # The review page: nothing without the key, the records with it; accept one.
+    page.goto(server.url + "/review")
+    page.fill("#key", "wrong")
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#note.bad")
+    assert "wrong API key" in page.inner_text("#note")
+    page.fill("#key", KEY)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('.record').length === 2", timeout=30_000)
+    page.wait_for_function("[...document.querySelectorAll('.record .thumb img')].every(i => i.naturalWidth > 0)",
+                           timeout=30_000)
+    first = page.locator(".record").first
+    first.locator(".accept").click()
+    page.wait_for_selector(".record[data-status=accepted]")
+    rid = int(first.get_attribute("data-id"))
+    assert httpx.get(f"{server.url}/v1/feedback/{rid}", headers={"X-API-Key": KEY}).json()["status"] == "accepted"
+    # The key stays in this tab only: a reload still has it, and lists what is pending.
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('.record').length === 1", timeout=30_000)
+    page.close()
