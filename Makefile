@@ -26,13 +26,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The typed core: what serving and the model package contract rest on.
-<<<<<<< HEAD
 MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py model_store.py engine.py \
-	engines pipeline.py resolve.py classifier.py server data evaluation)
-=======
-MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
 	engines pipeline.py resolve.py classifier.py server data evaluation feedback)
->>>>>>> feedback
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
