@@ -1,5 +1,6 @@
 """Two ``imgclf serve`` replicas on one model store behind haproxy behave as one service: both take
-traffic, and stopping one (SIGTERM) during a load run fails no request."""
+traffic, stopping one (SIGTERM) during a load run fails no request, and a version loaded through
+one replica's management API is served by both (the store is the source of truth)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import pytest
-from serve_support import free_port, jpeg_bytes, live_server
+from serve_support import build_tiny_package, free_port, jpeg_bytes, live_server
 
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
 pytestmark = [pytest.mark.slow,
@@ -77,8 +78,8 @@ def wait_all_up(url: str, replicas: set[str], timeout_s: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def two_replicas(model_dir: Path) -> Iterator[dict]:
-    args = ("--model-dir", str(model_dir), "--api-key", API_KEY, *REPLICA_FLAGS)
+def two_replicas(model_dir: Path, *flags: str) -> Iterator[dict]:
+    args = ("--model-dir", str(model_dir), "--api-key", API_KEY, *REPLICA_FLAGS, *flags)
     with live_server(*args) as a, live_server(*args) as b:
         yield {"a": a, "b": b}
 
@@ -120,3 +121,51 @@ def test_stopping_a_replica_under_load_fails_no_request(serve_model_dir):
     assert {name for _, name in before} == {"a", "b"}  # round robin over both replicas
     # Replica a is gone by the end of the run: the last requests were all served by b.
     assert {name for _, name in after[-40:]} == {"b"}
+
+
+def _served_by(url: str, path: str, body: bytes, replicas: set[str], timeout_s: float = 60.0) -> dict[str, str]:
+    """POST ``path`` through the balancer until every replica has answered 200; replica -> version."""
+    versions: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while set(versions) != replicas:
+            assert time.monotonic() < deadline, f"{path}: only {versions} answered 200"
+            r = client.post(path, content=body, headers={"Content-Type": "image/jpeg"})
+            if r.status_code == 200:
+                versions[r.headers["x-replica"]] = r.json()["version"]
+            else:
+                time.sleep(0.1)  # a replica that has not caught up with the store yet
+    return versions
+
+
+def test_a_version_loaded_on_one_replica_is_served_by_both(serve_model_dir, tmp_path):
+    store = tmp_path / "models"
+    shutil.copytree(serve_model_dir / "tiny", store / "tiny" / "1")
+    (store / "tiny" / "versions.json").write_text('{"default": "1", "history": ["1"]}')
+    body = jpeg_bytes(np.full((48, 48, 3), 150, np.uint8))
+    auth = {"X-API-Key": API_KEY}
+
+    with two_replicas(store, "--store-poll-s", "0.2") as replicas, \
+            haproxy({n: s.port for n, s in replicas.items()}) as url:
+        a, b = replicas["a"], replicas["b"]
+        assert _served_by(url, "/v1/models/tiny/predict", body, {"a", "b"}) == {"a": "1", "b": "1"}
+        # Version 2 is published into the store while both replicas run; neither serves it yet.
+        build_tiny_package(store / "tiny" / "2", name="tiny", seed=7)
+        assert httpx.post(b.url + "/v1/models/tiny/versions/2/predict", content=body,
+                          headers={"Content-Type": "image/jpeg"}).status_code == 404
+
+        # Loaded through replica a's management API only ...
+        r = httpx.post(a.url + "/v2/repository/models/tiny/load", params={"version": "2"}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        # ... it is served by both, through the balancer.
+        assert _served_by(url, "/v1/models/tiny/versions/2/predict", body, {"a", "b"}) == {"a": "2", "b": "2"}
+
+        # Made the default through replica b: both answer the unversioned route with version 2.
+        r = httpx.post(b.url + "/v1/models/tiny/default", json={"version": "2"}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 60
+        while _served_by(url, "/v1/models/tiny/predict", body, {"a", "b"}) != {"a": "2", "b": "2"}:
+            assert time.monotonic() < deadline, "the replicas never both served the new default"
+            time.sleep(0.2)
+        for replica in (a, b):
+            assert httpx.get(replica.url + "/v1/models/tiny/versions").json()["default"] == "2"
