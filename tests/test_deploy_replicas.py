@@ -1,6 +1,7 @@
 """Two ``imgclf serve`` replicas on one model store behind haproxy behave as one service: both take
 traffic, stopping one (SIGTERM) during a load run fails no request, and a version loaded through
-one replica's management API is served by both (the store is the source of truth)."""
+one replica's management API is served by both (the store is the source of truth). Corrections
+sent through the balancer land in the one feedback database, under the client's own address."""
 
 from __future__ import annotations
 
@@ -169,3 +170,31 @@ def test_a_version_loaded_on_one_replica_is_served_by_both(serve_model_dir, tmp_
             time.sleep(0.2)
         for replica in (a, b):
             assert httpx.get(replica.url + "/v1/models/tiny/versions").json()["default"] == "2"
+
+
+def test_corrections_through_the_balancer_share_one_database_and_name_the_client(serve_model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    feedback = ("--feedback-store", str(tmp_path / "feedback"))  # its SQLite database, shared
+    # The client connects from another loopback address than haproxy's, as a remote client would.
+    client_address = "127.0.0.2"
+    with two_replicas(serve_model_dir, *feedback) as replicas, \
+            haproxy({n: s.port for n, s in replicas.items()}) as url, \
+            httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(local_address=client_address)) as client:
+        answers: dict[str, tuple[str, bytes]] = {}  # replica -> (prediction_id, image) of an answer it gave
+        while set(answers) != {"a", "b"}:
+            body = jpeg_bytes(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))  # distinct corrections
+            r = client.post("/v1/models/tiny/predict", content=body, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+            answers[r.headers["x-replica"]] = (r.json()["prediction_ids"][0], body)
+        for replica, (prediction_id, body) in answers.items():
+            # The web page's way: cite the prediction; a replica that did not make it asks for the image.
+            r = client.post("/v1/models/tiny/feedback", json={"label": "b", "prediction_id": prediction_id,
+                                                              "submitted_by": replica})
+            if r.status_code == 404 and r.json()["error"]["code"] == "prediction_not_found":
+                r = client.post("/v1/models/tiny/feedback", files={"file": ("x.jpg", body, "image/jpeg")},
+                                data={"label": "b", "submitted_by": replica})
+            assert r.status_code in (200, 201), r.text
+        for replica in replicas.values():  # each replica sees every correction, whichever took it
+            listed = httpx.get(replica.url + "/v1/feedback", headers={"X-API-Key": API_KEY}).json()
+            assert {rec["submitted_by"] for rec in listed["records"]} == {"a", "b"}, listed
+            assert {rec["client"] for rec in listed["records"]} == {client_address}, listed

@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recent uploads kept in memory so a correction can cite its prediction_id (default 64; 0: off)")
     g.add_argument("--log-predictions", action="store_true",
                    help="also log every prediction (model version, top-k, timings) in the feedback database")
+    p.add_argument("--forwarded-allow-ips", default=None, metavar="ADDRS",
+                   help="comma-separated proxy addresses (or '*') whose X-Forwarded-For names the client, for the "
+                        "per-client limits behind a load balancer (default: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     state: AppState = app.state.imgclf
     server = GracefulServer(uvicorn.Config(
         app, log_level=args.log_level, access_log=not args.no_access_log,
-        timeout_graceful_shutdown=args.graceful_timeout,
+        timeout_graceful_shutdown=args.graceful_timeout, forwarded_allow_ips=args.forwarded_allow_ips,
     ), state.registry, shutdown_delay_s=args.shutdown_delay)
     exit_quietly_on_sigterm()
     try:
