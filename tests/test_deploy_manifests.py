@@ -26,13 +26,10 @@ def _docs(path: Path) -> list[dict]:
 
 
 def _resources() -> dict[str, dict]:
-    """Kind -> resource, over every manifest in deploy/kubernetes (the Secret example included)."""
-    out = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
-            for doc in _docs(path):
-                out[doc["kind"]] = doc
-    return out
+    """Kind (or "Kind/name" where a kind repeats) -> resource, over deploy/kubernetes (the Secret example included)."""
+    docs = [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml" for doc in _docs(path)]
+    kinds = [doc["kind"] for doc in docs]
+    return {d["kind"] if kinds.count(d["kind"]) == 1 else f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
 
 
 def _serve_args(argv: list[str]) -> argparse.Namespace:
@@ -68,7 +65,7 @@ def test_kustomization_lists_every_resource_but_the_secret_example_and_the_store
     assert [i["name"] for i in kustomization["images"]] == [image.split(":")[0]]
 
 
-def test_deployment_probes_secret_store_and_shutdown_fit_together():
+def test_deployment_probes_secret_store_and_shutdown_fit_together(monkeypatch):
     res = _resources()
     deployment, pod = res["Deployment"], res["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -89,11 +86,24 @@ def test_deployment_probes_secret_store_and_shutdown_fit_together():
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     store = next(n for n, path in mounts.items() if path == args.model_dir)
-    assert volumes[store]["persistentVolumeClaim"]["claimName"] == res["PersistentVolumeClaim"]["metadata"]["name"]
-    assert "ReadWriteMany" in res["PersistentVolumeClaim"]["spec"]["accessModes"]
+    assert volumes[store]["persistentVolumeClaim"]["claimName"] == "imgclf-models"
+    # The feedback images: shared too, where imgclf serve keeps them by default ($IMGCLF_HOME/feedback).
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    feedback = next(n for n, path in mounts.items() if path == env["IMGCLF_HOME"] + "/feedback")
+    assert volumes[feedback]["persistentVolumeClaim"]["claimName"] == "imgclf-feedback"
+    for claim in ("imgclf-models", "imgclf-feedback"):
+        assert "ReadWriteMany" in res[f"PersistentVolumeClaim/{claim}"]["spec"]["accessModes"]
+    # Every path the read-only root filesystem leaves writable is a volume.
+    assert container["securityContext"]["readOnlyRootFilesystem"] and {"/tmp", env["IMGCLF_HOME"]} <= set(mounts.values())
     # Secrets come from the Secret, by keys the example shows.
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert set(refs) >= {"IMGCLF_API_KEY"}
+    assert set(refs) == {"IMGCLF_API_KEY", "IMGCLF_FEEDBACK_DB"}
+    assert refs["IMGCLF_FEEDBACK_DB"]["optional"]  # feedback only where the Secret has a database URL
+    # ... and imgclf serve reads them under those names.
+    monkeypatch.setenv("IMGCLF_API_KEY", "k")
+    monkeypatch.setenv("IMGCLF_FEEDBACK_DB", "postgresql+psycopg://u:p@h/db")
+    from_env = _serve_args(container["args"])
+    assert (from_env.api_key, from_env.db) == ("k", "postgresql+psycopg://u:p@h/db")
     for ref in refs.values():
         assert ref["name"] == res["Secret"]["metadata"]["name"] and ref["key"] in res["Secret"]["stringData"]
     # Non-root, as the image's USER.
