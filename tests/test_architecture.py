@@ -51,6 +51,7 @@ VIOLATIONS = {
     "never reaches torch": ("server/planted_torch.py", "import imgclf.engines.torch\n"),
     "torch-free": ("data/planted.py", "import torch\n"),
     "commands": ("zoo/planted.py", "from imgclf.commands import predict\n"),
+    "feedback store": ("feedback/planted.py", "import imgclf.server\n"),
 }
 
 

@@ -120,6 +120,7 @@ def test_evaluate_compares_two_versions_side_by_side(published, tmp_path):
     assert [m["version"] for m in doc["models"]] == ["1", "2"]
     shapes, corrected = doc["datasets"]
     assert shapes["images"] == 36 and corrected["images"] == 8  # all images of a plain folder
+    assert shapes["split"] == corrected["split"] == "all"
     for d in (shapes, corrected):
         assert d["disagree"] == len(d["disagreements"])
         assert 0 <= d["a"]["accuracy"] <= 1 and 0 <= d["b"]["accuracy"] <= 1

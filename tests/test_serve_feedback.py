@@ -111,10 +111,12 @@ def test_review_is_off_without_a_key(serve_model_dir, tmp_path):
         assert_error(c.get("/v1/feedback"), 403, "management_disabled")
 
 
-def test_feedback_off_answers_501(serve_model_dir):
+def test_feedback_off_answers_404_and_is_not_documented(serve_model_dir):
     config = ServerConfig(models=(str(serve_model_dir / "tiny"),), load_in_background=False)
     with TestClient(create_app(config)) as c:
-        assert_error(send(c, 1), 501, "feedback_disabled")
+        assert "--feedback" in assert_error(send(c, 1), 404, "feedback_disabled")["message"]
+        assert_error(c.get("/v1/feedback/3/image", headers=AUTH), 404, "feedback_disabled")
+        assert not [p for p in c.get("/openapi.json").json()["paths"] if p != "/v1/feedback/settings" and "feedback" in p]
         assert c.get("/v1/feedback/settings").json() == {"enabled": False, "keeps_uploads": False}
         p = c.post("/v1/models/tiny/predict", files={"file": ("y.jpg", image(3), "image/jpeg")}).json()
         assert "prediction_ids" not in p

@@ -47,7 +47,8 @@ def schemathesis_cli() -> str:
 def test_schemathesis_finds_no_server_errors(serve_model_dir, tmp_path):
     cli = schemathesis_cli()
     with live_server("--model", str(serve_model_dir / "tiny"), "--model-dir", str(serve_model_dir),
-                     "--api-key", KEY, "--max-body-mb", "2") as server:
+                     "--api-key", KEY, "--max-body-mb", "2",
+                     "--feedback", "--feedback-store", str(tmp_path / "feedback")) as server:
         assert server.url.startswith("http://127.0.0.1:")  # the fuzzer talks to loopback only
         (tmp_path / "schemathesis.toml").write_text(CONFIG)  # read from the working directory
         cmd = [

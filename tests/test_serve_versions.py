@@ -3,13 +3,16 @@ management API, no failed request during a switch, and several servers following
 
 from __future__ import annotations
 
+import base64
 import shutil
 import threading
 import time
 
+import httpx2 as httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_support import TINY_LABELS, assert_error, build_tiny_package, jpeg_bytes, wait_ready
+from serve_support import TINY_LABELS, assert_error, build_tiny_package, jpeg_bytes, live_server, wait_ready
 
 from imgclf.model_store import ModelStore
 from imgclf.server import ServerConfig, create_app
@@ -47,7 +50,7 @@ def _client(model_dir, poll_s: float = 0.0) -> TestClient:
     return TestClient(create_app(config))
 
 
-def _predict(c: TestClient, jpg: bytes, path: str = "/v1/models/tiny/predict"):
+def _predict(c: TestClient | httpx.Client, jpg: bytes, path: str = "/v1/models/tiny/predict"):
     return c.post(path, content=jpg, headers={"Content-Type": "image/jpeg"})
 
 
@@ -77,8 +80,8 @@ def test_versioned_routes_default_switch_and_rollback(model_dir, jpg):
         info = c.post("/v1/models/tiny/default", json={"version": "2"}, headers=AUTH).json()
         assert (info["default"], info["previous"]) == ("2", "1")
         assert _predict(c, jpg).json() == v2
-        infer = c.post("/v2/models/tiny/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                                   "data": [__import__("base64").b64encode(jpg).decode()]}]})
+        image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(jpg).decode()]}
+        infer = c.post("/v2/models/tiny/infer", json={"inputs": [image]})
         assert infer.json()["model_version"] == "2" and infer.headers["X-Model-Version"] == "2"
         assert ModelStore(model_dir / "tiny").read_state().default == "2"  # written to the store
         # The default and the rollback target cannot be unloaded.
@@ -99,8 +102,7 @@ def test_plain_package_cannot_switch_versions(serve_model_dir, tmp_path):
     shutil.copytree(serve_model_dir / "tiny", tmp_path / "tiny")
     with _client(tmp_path) as c:
         wait_ready(c)
-        assert _predict(c, jpeg_bytes(__import__("numpy").zeros((40, 40, 3), "uint8"))).headers[
-            "X-Model-Version"] == "1"
+        assert _predict(c, jpeg_bytes(np.zeros((40, 40, 3), "uint8"))).headers["X-Model-Version"] == "1"
         assert_error(c.post("/v1/models/tiny/default", json={"version": "1"}, headers=AUTH), 409, "not_versioned")
 
 
@@ -174,3 +176,37 @@ def test_a_broken_new_version_is_refused_before_the_store_changes(model_dir, jpg
         assert_error(c.post("/v1/models/tiny/default", json={"version": "3"}, headers=AUTH), 422, "invalid_package")
         assert ModelStore(model_dir / "tiny").read_state().default == "1"
         assert _predict(c, jpg).json()["version"] == "1"
+
+
+@pytest.mark.slow
+def test_two_serve_processes_on_one_store(model_dir, jpg):
+    """Two ``imgclf serve`` processes on one model directory: requests to B run without pause while
+    the default is switched through A; none fails, and B answers version 1, then version 2."""
+    args = ("--model-dir", str(model_dir), "--api-key", KEY, "--store-poll-s", "0.2", "--max-batch-size", "4")
+    with live_server(*args) as a, live_server(*args) as b, httpx.Client(base_url=b.url, timeout=30) as cb:
+        seen: list[str] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def worker() -> None:
+            while not stop.is_set():
+                r = _predict(cb, jpg)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    seen.append(r.headers["X-Model-Version"])
+
+        t = threading.Thread(target=worker)
+        t.start()
+        try:
+            _wait(lambda: len(seen) >= 3)
+            r = httpx.post(a.url + "/v1/models/tiny/default", json={"version": "2"}, headers=AUTH, timeout=60)
+            assert r.status_code == 200, r.text
+            _wait(lambda: seen.count("2") >= 3)
+        finally:
+            stop.set()
+            t.join()
+        assert failures == []
+        switched = seen.index("2")
+        assert set(seen[:switched]) == {"1"} and set(seen[switched:]) == {"2"}
+        assert httpx.get(b.url + "/v1/models/tiny/versions").json()["default"] == "2"

@@ -216,14 +216,15 @@ class ModelStore:
         return self.write_state(replace(self.read_state(), served=served))
 
     def stamp(self) -> tuple[int, ...]:
-        """Cheap change detector for polling: versions.json's and the folder's mtime and size."""
+        """Cheap change detector for polling: versions.json's and the folder's inode, mtime and size
+        (every write replaces the file, so its inode changes even within one mtime tick)."""
         out: list[int] = []
         for p in (self.state_file, self.root):
             try:
                 st = p.stat()
-                out += [st.st_mtime_ns, st.st_size]
+                out += [st.st_ino, st.st_mtime_ns, st.st_size]
             except OSError:
-                out += [0, 0]
+                out += [0, 0, 0]
         return tuple(out)
 
     # -- publishing -----------------------------------------------------------------------

@@ -116,8 +116,11 @@ def compare(args: argparse.Namespace) -> int:
         dataset = open_dataset(data, args.format, val_fraction=val_fraction, seed=seed)
         split = args.split or ("test" if "test" in dataset.splits else "val" if "val" in dataset.splits
                                else "train")
-        results.append(compare_split(a.engine, b.engine, dataset, split, batch_size=args.batch_size,
-                                     workers=args.workers))
+        result = compare_split(a.engine, b.engine, dataset, split, batch_size=args.batch_size,
+                               workers=args.workers)
+        if split == "train" and args.split is None:
+            result.split = "all"  # a plain class-folder tree: every image
+        results.append(result)
     doc = {"models": [{"model": arg, "name": m.engine.name, "version": m.engine.version, "label": label}
                       for arg, m, label in zip(args.model, (a, b), names, strict=True)],
            "datasets": [r.to_dict() for r in results]}

@@ -82,12 +82,12 @@ def _list(store: FeedbackStore, args: argparse.Namespace) -> int:
         for r in records:
             print(json.dumps(r.to_dict()))
         return 0
-    print(f"{'ID':>6}  {'STATUS':8}  {'MODEL':16}  {'VERSION':10}  {'LABEL':24}  {'PREDICTED':24}  CREATED")
+    print(f"{'ID':>6}  {'STATUS':8}  {'MODEL':20}  {'VERSION':10}  {'LABEL':24}  {'PREDICTED':24}  CREATED")
     for r in records:
         predicted = r.predicted_label or "-"
         if r.predicted_score is not None:
             predicted += f" ({r.predicted_score:.2f})"
-        print(f"{r.id:>6}  {r.status:8}  {r.model[:16]:16}  {r.version[:10]:10}  {r.label[:24]:24}  "
+        print(f"{r.id:>6}  {r.status:8}  {r.model[:20]:20}  {r.version[:10]:10}  {r.label[:24]:24}  "
               f"{predicted[:24]:24}  {r.created_at[:19]}")
     print(f"{len(records)} of {total} record(s)")
     return 0

@@ -18,7 +18,7 @@ from imgclf.errors import UserError
 from imgclf.evaluation.evaluate import evaluate_split, split_probabilities
 from imgclf.evaluation.metrics import Evaluation
 
-DISAGREEMENTS_SHOWN = 20
+DISAGREEMENTS_SHOWN = 10
 
 
 @dataclass
@@ -83,8 +83,9 @@ def format_comparison(c: Comparison, name_a: str, name_b: str) -> str:
     col = max(10, len(name_a), len(name_b))
     lines = [f"{c.dataset} ({c.split}, {c.compared} images)",
              f"  {'':<{width}} {name_a:>{col}} {name_b:>{col}}",
-             f"  {'accuracy':<{width}} {pct(c.a.accuracy):>{col}} {pct(c.b.accuracy):>{col}}",
-             f"  {'top-5':<{width}} {pct(c.a.top5):>{col}} {pct(c.b.top5):>{col}}"]
+             f"  {'accuracy':<{width}} {pct(c.a.accuracy):>{col}} {pct(c.b.accuracy):>{col}}"]
+    if c.a.top5 is not None or c.b.top5 is not None:  # models with more than five classes
+        lines.append(f"  {'top-5':<{width}} {pct(c.a.top5):>{col}} {pct(c.b.top5):>{col}}")
     recall_b = {x.label: x.recall for x in c.b.per_class}
     for x in c.a.per_class:
         lines.append(f"  {'recall ' + x.label:<{width}} {pct(x.recall):>{col}} {pct(recall_b.get(x.label)):>{col}}")

@@ -102,6 +102,18 @@ def _check_text(value: str, what: str, limit: int) -> str:
     return value
 
 
+ID_MAX = 2**63 - 1
+
+
+def check_ids(ids: Sequence[int]) -> builtins.list[int]:
+    """Distinct record ids, sorted; an id no database column can hold is refused."""
+    wanted = sorted(set(ids))
+    bad = [i for i in wanted if not 1 <= i <= ID_MAX]
+    if bad:
+        raise FeedbackError(f"not a feedback record id: {bad[0]}")
+    return wanted
+
+
 def check_status(value: str) -> Status:
     for s in STATUSES:
         if value == s:
@@ -238,7 +250,7 @@ class FeedbackStore:
     def set_status(self, ids: Sequence[int], status: str, by: str) -> list[Record]:
         """Accept or reject (or reset to pending) the records ``ids``; all of them exist or none changes."""
         new = check_status(status)
-        wanted = sorted(set(ids))
+        wanted = check_ids(ids)
         with self._session() as s, s.begin():
             rows = list(s.scalars(select(Feedback).where(Feedback.id.in_(wanted))))
             missing = sorted(set(wanted) - {r.id for r in rows})
@@ -265,7 +277,7 @@ class FeedbackStore:
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete records, and the images no remaining record cites; returns how many records went."""
-        wanted = sorted(set(ids))
+        wanted = check_ids(ids)
         with self._session() as s, s.begin():
             found = {i: h for i, h in s.execute(select(Feedback.id, Feedback.sha256).where(Feedback.id.in_(wanted)))}
             missing = [i for i in wanted if i not in found]
@@ -302,7 +314,7 @@ class FeedbackStore:
     def list(self, *, status: str | None = None, model: str | None = None, version: str | None = None,
              limit: int = 100, offset: int = 0, ids: Sequence[int] | None = None) -> tuple[list[Record], int]:
         """Records (oldest first) and how many match in all."""
-        if not 1 <= limit <= LIST_MAX or offset < 0:
+        if not 1 <= limit <= LIST_MAX or not 0 <= offset <= ID_MAX:
             raise FeedbackError(f"limit must be 1 to {LIST_MAX} and offset not negative")
         q = self._filtered(select(Feedback), status, model, version)
         n = self._filtered(select(func.count()).select_from(Feedback), status, model, version)
@@ -328,6 +340,7 @@ class FeedbackStore:
             after = rows[-1].id
 
     def get(self, record_id: int) -> Record:
+        check_ids([record_id])
         with self._session() as s:
             row = s.get(Feedback, record_id)
             if row is None:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -39,20 +39,36 @@ if TYPE_CHECKING:
     from imgclf.feedback.store import FeedbackStore, Record
 
 router = APIRouter(tags=["feedback"])
+# Always mounted: the settings route, and (on a server without feedback) a clear answer at its routes.
+common_router = APIRouter(tags=["feedback"])
+off_router = APIRouter(include_in_schema=False)
 T = TypeVar("T")
 
 # Decoding only checks that the upload is an image: a small decode (JPEG at 1/8 scale) is enough.
 CHECK_MIN_SIDE = 16
 REVIEW = [Depends(require_api_key)]
-REVIEW_ERRORS = error_responses(401, 403, 404, 501, 503)
+REVIEW_ERRORS = error_responses(400, 401, 403, 404, 501, 503)
+RecordId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A feedback record's id")]
 FORM_FIELDS = ("label", "prediction_id", "version", "predicted_label", "predicted_score", "submitted_by")
+
+
+def feedback_off() -> ApiError:
+    return ApiError(404, "feedback_disabled", FEEDBACK_OFF)
 
 
 def service(request: Request) -> FeedbackService:
     s = app_state(request).feedback
     if s is None:
-        raise ApiError(501, "feedback_disabled", FEEDBACK_OFF)
+        raise feedback_off()
     return s
+
+
+@off_router.api_route("/v1/models/{name}/feedback", methods=["POST"])
+@off_router.api_route("/v1/feedback", methods=["GET"])
+@off_router.api_route("/v1/feedback/{rest:path}", methods=["GET", "POST", "DELETE"])
+async def no_feedback() -> None:
+    """Off: the routes are not in the document, but say why rather than "no route"."""
+    raise feedback_off()
 
 
 async def call_store(svc: FeedbackService, work: Callable[[FeedbackStore], T]) -> T:
@@ -97,8 +113,8 @@ async def _parse(request: Request) -> tuple[FeedbackRequest, bytes | None]:
         raise bad_request(where) from None
     if req.b64 is not None:
         image = decode_base64(req.b64, "b64")
-    if (image is None) == (req.prediction_id is None):
-        raise bad_request(f"send the image (multipart {IMAGE_FIELD!r} or JSON b64) or a prediction_id, one of them")
+    if image is None and req.prediction_id is None:
+        raise bad_request(f"send the image (multipart {IMAGE_FIELD!r} or JSON b64) or a prediction_id")
     return req, image
 
 
@@ -108,7 +124,7 @@ def _check_label(model: ServedModel, label: str, what: str) -> None:
                                              f"{len(model.labels)} labels (GET /v1/models/{model.name} lists them)")
 
 
-@router.get("/v1/feedback/settings", response_model=FeedbackSettingsInfo, summary="Whether this server takes feedback")
+@common_router.get("/v1/feedback/settings", response_model=FeedbackSettingsInfo, summary="Whether this server takes feedback")
 async def feedback_settings(request: Request) -> FeedbackSettingsInfo:
     svc = app_state(request).feedback
     return FeedbackSettingsInfo(enabled=svc is not None, keeps_uploads=svc is not None and svc.keeps_uploads)
@@ -139,7 +155,7 @@ async def post_feedback(request: Request, response: Response, name: ModelName) -
     _check_label(model, req.label, "label")
     if req.predicted_label is not None:
         _check_label(model, req.predicted_label, "predicted_label")
-    sha = req.prediction_id
+    sha = req.prediction_id  # used only when the image itself is not sent
     if image is None and sha is not None:
         image = svc.uploads.get(sha)  # None: it may still be in the store
     if image is not None:
@@ -160,7 +176,8 @@ async def post_feedback(request: Request, response: Response, name: ModelName) -
                             submitted_by=req.submitted_by)
 
     record, created = await call_store(svc, work)
-    verdict = "right" if req.predicted_label is not None and req.predicted_label == req.label else "wrong"
+    verdict = ("unstated" if req.predicted_label is None else "right" if req.predicted_label == req.label
+               else "wrong")
     if created:
         svc.received.labels(model.name, model.version, verdict).inc()
     response.status_code = 201 if created else 200
@@ -175,15 +192,15 @@ Status = Annotated[str | None, Query(pattern="^(pending|accepted|rejected)$", de
             summary="List feedback records (oldest first)")
 async def list_feedback(request: Request, status: Status = None, model: str | None = None,
                         version: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> FeedbackList:
+                        offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> FeedbackList:
     records, total = await call_store(service(request), lambda st: st.list(
         status=status, model=model, version=version, limit=limit, offset=offset))
     return FeedbackList(total=total, records=[FeedbackRecord(**r.to_dict()) for r in records])
 
 
-@router.get("/v1/feedback/{record_id}", response_model=FeedbackRecord, dependencies=REVIEW,
+@router.get("/v1/feedback/{record_id:int}", response_model=FeedbackRecord, dependencies=REVIEW,
             responses=REVIEW_ERRORS, summary="One feedback record")
-async def get_feedback(request: Request, record_id: int) -> FeedbackRecord:
+async def get_feedback(request: Request, record_id: RecordId) -> FeedbackRecord:
     record = await call_store(service(request), lambda st: st.get(record_id))
     return FeedbackRecord(**record.to_dict())
 
@@ -198,32 +215,32 @@ def _image_type(data: bytes) -> str:
     return next((t for magic, t in _MAGIC if data.startswith(magic)), "application/octet-stream")
 
 
-@router.get("/v1/feedback/{record_id}/image", dependencies=REVIEW, responses=REVIEW_ERRORS,
+@router.get("/v1/feedback/{record_id:int}/image", dependencies=REVIEW, responses=REVIEW_ERRORS,
             response_class=Response, summary="A feedback record's image, as it was sent")
-async def feedback_image(request: Request, record_id: int) -> Response:
+async def feedback_image(request: Request, record_id: RecordId) -> Response:
     data = await call_store(service(request), lambda st: st.image(record_id))
     return Response(data, media_type=_image_type(data),
                     headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
 
 
 def _review_route(status: str) -> Callable[..., Any]:
-    async def review(request: Request, record_id: int) -> FeedbackRecord:
+    async def review(request: Request, record_id: RecordId) -> FeedbackRecord:
         svc = service(request)
         records = await call_store(svc, lambda st: st.set_status([record_id], status, f"api:{_client(request)}"))
         return FeedbackRecord(**records[0].to_dict())
     return review
 
 
-router.add_api_route("/v1/feedback/{record_id}/accept", _review_route("accepted"), methods=["POST"],
+router.add_api_route("/v1/feedback/{record_id:int}/accept", _review_route("accepted"), methods=["POST"],
                      response_model=FeedbackRecord, dependencies=REVIEW, responses=REVIEW_ERRORS,
                      summary="Accept a record (it goes into exports)", name="accept_feedback")
-router.add_api_route("/v1/feedback/{record_id}/reject", _review_route("rejected"), methods=["POST"],
+router.add_api_route("/v1/feedback/{record_id:int}/reject", _review_route("rejected"), methods=["POST"],
                      response_model=FeedbackRecord, dependencies=REVIEW, responses=REVIEW_ERRORS,
                      summary="Reject a record", name="reject_feedback")
 
 
-@router.delete("/v1/feedback/{record_id}", status_code=204, dependencies=REVIEW, responses=REVIEW_ERRORS,
+@router.delete("/v1/feedback/{record_id:int}", status_code=204, dependencies=REVIEW, responses=REVIEW_ERRORS,
                response_class=Response, summary="Delete a record (and its image, when no other record cites it)")
-async def delete_feedback(request: Request, record_id: int) -> Response:
+async def delete_feedback(request: Request, record_id: RecordId) -> Response:
     await call_store(service(request), lambda st: st.delete([record_id]))
     return Response(status_code=204)

@@ -112,7 +112,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.imgclf = state
     install_error_handlers(app)
     app.include_router(api_v1.router)
-    app.include_router(api_feedback.router)
+    app.include_router(api_feedback.common_router)
+    app.include_router(api_feedback.router if config.feedback is not None else api_feedback.off_router)
     app.include_router(api_v2.router)
     app.include_router(management.router)
     web.mount(app)

@@ -125,8 +125,22 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette names only the first such route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})  # no route takes this method: PARTIAL
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
     code = _DEFAULT_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
@@ -174,8 +188,10 @@ def error_responses(*statuses: int, v2: bool = False) -> dict[int | str, dict[st
         415: "Not an image format the server reads, or an unsupported Content-Type",
         422: "Undecodable, truncated or oversized (decompression bomb) image",
         429: "The model's queue is full; retry after the Retry-After header's seconds",
-        503: "Not ready",
+        501: "The feature needs a package this server lacks",
+        503: "Not ready, or a store it needs is unavailable or full (retry after Retry-After)",
         504: "The request did not finish within the server's timeout",
+        507: "The feedback store is at its quota",
     }
     model = V2ErrorBody if v2 else ErrorBody
     return {s: {"model": model, "description": text.get(s, "Error")} for s in statuses}

@@ -95,7 +95,7 @@ class FeedbackService:
         self._counts: dict[tuple[str, str, str], int] = {}
         self._counts_at = -COUNTS_TTL_S
         self.received = Counter("imgclf_feedback_received", "Corrections stored by this process, by model, "
-                                "version and what the person said (right or wrong)",
+                                "version and verdict (right, wrong, or unstated: no prediction given)",
                                 ["model", "version", "verdict"], registry=metrics.registry)
         metrics.registry.register(_RecordsCollector(self))
 

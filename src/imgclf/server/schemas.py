@@ -253,7 +253,10 @@ FEEDBACK_LABEL_MAX = 500
 class FeedbackRequest(BaseModel):
     """A correction as JSON: the label the image should have, and the image or the prediction's id."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # The image or the prediction's id: one of them present, and not null.
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["b64"], "properties": {"b64": {"type": "string"}}},
+        {"required": ["prediction_id"], "properties": {"prediction_id": {"type": "string"}}}]})
     label: StrictStr = Field(min_length=1, max_length=FEEDBACK_LABEL_MAX, description="The right label (one of the model's labels)")
     b64: Base64 | None = Field(default=None, description="The image, base64-encoded (or give prediction_id)")
     prediction_id: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
@@ -304,6 +307,7 @@ def feedback_request_body() -> dict[str, Any]:
                     "schema": {
                         "type": "object",
                         "required": ["label"],
+                        "anyOf": [{"required": ["file"]}, {"required": ["prediction_id"]}],
                         "properties": {
                             "file": {"type": "string", "format": "binary", "description": "the image"},
                             "label": {**text, "minLength": 1, "maxLength": FEEDBACK_LABEL_MAX},
