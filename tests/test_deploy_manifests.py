@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,21 @@ def test_kustomization_lists_every_resource_but_the_secret_example_and_the_store
     assert listed == on_disk
     image = _resources()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert [i["name"] for i in kustomization["images"]] == [image.split(":")[0]]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (its kustomize renders offline)")
+def test_kustomize_renders_valid_resources():
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(d["kind"] for d in rendered) == sorted(
+        ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim",
+         "PersistentVolumeClaim"])
+    for doc in rendered:
+        kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "imgclf"
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "imgclf-serve:0.1.0"
 
 
 def test_deployment_probes_secret_store_and_shutdown_fit_together(monkeypatch):
