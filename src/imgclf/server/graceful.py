@@ -46,6 +46,15 @@ class GracefulServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _exit_0(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def exit_quietly_on_sigterm() -> None:
-    """After its graceful shutdown uvicorn raises the signal again; SIGTERM then ends with status 0."""
-    signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    """SIGTERM outside uvicorn's own handling ends the process with status 0, not killed by the signal.
+
+    uvicorn raises a signal it handled again once its graceful shutdown is over, under the handler
+    that was there before it started: this one. A SIGTERM just before uvicorn takes over stops the
+    process too, rather than being lost.
+    """
+    signal.signal(signal.SIGTERM, _exit_0)
