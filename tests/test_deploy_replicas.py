@@ -87,17 +87,22 @@ def two_replicas(model_dir: Path, *flags: str) -> Iterator[dict]:
 
 def test_stopping_a_replica_under_load_fails_no_request(serve_model_dir):
     body = jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    total, stop_after = 240, 80
+    stop_after, after_exit, cap = 80, 40, 20_000
     results: list[tuple[int, str]] = []
+    gone_at: list[int] = []  # how many requests had finished when replica a had exited
     lock = threading.Lock()
-    stopped = threading.Event()
 
     with two_replicas(serve_model_dir) as replicas, haproxy({n: s.port for n, s in replicas.items()}) as url:
         a = replicas["a"]
 
-        def worker(count: int) -> None:
+        def worker() -> None:
+            # The load runs until replica a has drained and exited, and then some: however fast
+            # the machine, requests are in flight all through the drain.
             with httpx.Client(base_url=url, timeout=30) as client:
-                for _ in range(count):
+                while True:
+                    with lock:
+                        if (gone_at and len(results) >= gone_at[0] + after_exit) or len(results) >= cap:
+                            return
                     try:
                         r = client.post("/v1/models/tiny/predict", content=body,
                                         headers={"Content-Type": "image/jpeg"})
@@ -108,20 +113,19 @@ def test_stopping_a_replica_under_load_fails_no_request(serve_model_dir):
                         results.append(outcome)
                         if len(results) == stop_after:
                             a.proc.send_signal(signal.SIGTERM)  # mid-run, with requests in flight
-                            stopped.set()
+                        if not gone_at and len(results) > stop_after and a.proc.poll() is not None:
+                            gone_at.append(len(results))
 
         with ThreadPoolExecutor(4) as pool:
-            for f in [pool.submit(worker, total // 4) for _ in range(4)]:
+            for f in [pool.submit(worker) for _ in range(4)]:
                 f.result()
-        assert stopped.is_set()
+        assert gone_at, f"replica a had not exited after {len(results)} requests"
         assert a.proc.wait(timeout=30) == 0
 
     failed = [r for r in results if r[0] != 200]
     assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
-    before, after = results[:stop_after], results[stop_after:]
-    assert {name for _, name in before} == {"a", "b"}  # round robin over both replicas
-    # Replica a is gone by the end of the run: the last requests were all served by b.
-    assert {name for _, name in after[-40:]} == {"b"}
+    assert {name for _, name in results[:stop_after]} == {"a", "b"}  # round robin over both replicas
+    assert {name for _, name in results[gone_at[0]:]} == {"b"}  # then b alone, without a failure
 
 
 def _served_by(url: str, path: str, body: bytes, replicas: set[str], timeout_s: float = 60.0) -> dict[str, str]:
