@@ -174,6 +174,11 @@ def test_inferenceservice_is_a_valid_custom_v2_predictor():
     for version in VERSIONS:
         kubernetes_validate.validate(pod, version, strict=True)
 
+    # CPU autoscaling is the HPA's (raw deployment mode): KServe refuses scaleMetric cpu under Knative.
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] in ("RawDeployment", "Standard")
+    assert annotations["serving.kserve.io/autoscalerClass"] == "hpa" and predictor["scaleMetric"] == "cpu"
+    assert 1 <= predictor["scaleTarget"] <= 100  # a CPU utilization percentage
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container"  # the container KServe routes to
     env = {e["name"]: e.get("value") for e in container["env"]}
