@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="key the management API (load/unload models) requires (default: $IMGCLF_API_KEY); without one, management is off (403)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-images", type=int, default=64, help="most images in one request (default 64)")
+    p.add_argument("--shutdown-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGTERM, answer /v2/health/ready with 503 and keep serving this long before the port "
+                        "closes, so a load balancer stops sending requests first (default 0)")
+    p.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="once the port is closed, longest wait for requests in flight to finish (default 10)")
     g = p.add_argument_group("feedback", "corrections from users: POST /v1/models/{name}/feedback and the web "
                                          "page's right/wrong buttons (review them with imgclf feedback)")
     g.add_argument("--feedback", action="store_true",
@@ -64,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recent uploads kept in memory so a correction can cite its prediction_id (default 64; 0: off)")
     g.add_argument("--log-predictions", action="store_true",
                    help="also log every prediction (model version, top-k, timings) in the feedback database")
+    p.add_argument("--forwarded-allow-ips", default=None, metavar="ADDRS",
+                   help="comma-separated proxy addresses (or '*') whose X-Forwarded-For names the client, for the "
+                        "per-client limits behind a load balancer (default: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
@@ -123,7 +131,11 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.package import load_package
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
+    from imgclf.server.graceful import GracefulServer, exit_quietly_on_sigterm
+    from imgclf.server.state import AppState
 
+    if args.shutdown_delay < 0 or args.graceful_timeout < 0:
+        raise UserError("--shutdown-delay and --graceful-timeout must not be negative")
     feedback = _feedback_settings(args)
     paths = package_dirs(args.model, args.model_dir)
     for path in paths:
@@ -152,10 +164,13 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     names = ", ".join(p.name for p in paths) or "none (load them through the management API)"
     print(f"imgclf serving {names} at http://{shown}:{port}/  (API docs at /docs)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config), log_level=args.log_level, access_log=not args.no_access_log,
-        timeout_graceful_shutdown=5,
-    ))
+    app = create_app(config)
+    state: AppState = app.state.imgclf
+    server = GracefulServer(uvicorn.Config(
+        app, log_level=args.log_level, access_log=not args.no_access_log,
+        timeout_graceful_shutdown=args.graceful_timeout, forwarded_allow_ips=args.forwarded_allow_ips,
+    ), state.registry, shutdown_delay_s=args.shutdown_delay)
+    exit_quietly_on_sigterm()
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop

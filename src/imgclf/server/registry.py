@@ -75,6 +75,7 @@ class ModelRegistry:
         self.failures: dict[str, str] = {}  # name -> why its last load failed
         self.startup_done = False
         self.startup_failed: set[str] = set()  # startup models that failed and were not loaded since
+        self.draining = False  # set on shutdown: not ready, so load balancers stop sending requests
         self._locks: dict[str, asyncio.Lock] = {}
         self._stamps: dict[str, tuple[int, ...]] = {}  # store name -> versions.json stamp last acted on
         metrics.watch_queues(lambda: {n: m.batcher.depth for n, m in list(self.models.items())})
@@ -82,8 +83,8 @@ class ModelRegistry:
     # -- lookup ---------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """True once every startup model is loaded and warmed up (and at least one model is)."""
-        return self.startup_done and bool(self.models) and not self.startup_failed
+        """True once every startup model is loaded and warmed up (and at least one model is), until shutdown."""
+        return self.startup_done and bool(self.models) and not self.startup_failed and not self.draining
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         model = self.models.get(name)
