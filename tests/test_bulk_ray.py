@@ -18,6 +18,7 @@ from imgclf.bulk.decode import decode_batch
 from imgclf.bulk.job import BulkOptions, predict_bulk
 from imgclf.bulk.output import OutputError, ResultStore
 from imgclf.bulk.predictor import Predictor
+from imgclf.bulk.shipping import pack, unpack
 from imgclf.bulk.sources import SourceError, list_sources
 from imgclf.cli import main
 from imgclf.package import load_package
@@ -137,10 +138,20 @@ def test_decode_stage_gives_predicts_messages_and_the_predictor_its_answers(lite
     expected = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
     assert list(decoded["error"][1:3]) == [expected[files[1]]["error"], "no such file"]
     assert decoded["error"][4] == "is a directory"
-    out = Predictor(str(lite0_package), k=3, threads=1)(decoded)
+    out = Predictor(pack(lite0_package), k=3, threads=1)(decoded)
     assert out["indices"].shape == (5, 3) and out["indices"][0][0] in CAT
     assert (out["indices"][1:3] == -1).all() and (out["indices"][4] == -1).all()
     assert [p["index"] for p in expected[files[0]]["predictions"][:3]] == list(out["indices"][0])
+
+
+def test_the_package_travels_as_files_and_is_unpacked_once_per_node(tiny, tmp_path):
+    files = pack(tiny)
+    assert set(files.files) == {"model.json", "model.onnx"}
+    first = unpack(files, tmp_path / "node")
+    assert load_package(first).meta == load_package(tiny).meta  # the hash recorded in model.json verifies
+    (first / "marker").write_text("kept")
+    assert unpack(files, tmp_path / "node") == first and (first / "marker").exists()  # reused, not rewritten
+    assert [p.name for p in (tmp_path / "node").iterdir()] == [first.name]  # no temporary folders left
 
 
 # --- the output store --------------------------------------------------------------------------------

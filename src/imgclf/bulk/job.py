@@ -19,6 +19,7 @@ from imgclf.bulk.cluster import import_ray, quiet_data
 from imgclf.bulk.decode import decode_batch
 from imgclf.bulk.output import ResultStore, Row
 from imgclf.bulk.predictor import EngineFactory, Predictor, onnx_engine
+from imgclf.bulk.shipping import pack
 from imgclf.package import ModelPackage
 
 
@@ -90,7 +91,7 @@ def _dataset(ray: Any, todo: list[str], package: ModelPackage, options: BulkOpti
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": package.spec}, batch_size=options.batch_size,
                         batch_format="numpy", num_cpus=1)
     return ds.map_batches(
-        Predictor, fn_constructor_kwargs={"package_dir": str(package.path), "k": options.k,
+        Predictor, fn_constructor_kwargs={"package": pack(package.path), "k": options.k,
                                           "threads": options.threads, "make_engine": make_engine},
         batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_cpus=options.threads)

@@ -1,7 +1,9 @@
 """The inference stage of a bulk job: a Ray Data actor holding one engine over a model package.
 
-The engine comes from one call, ``make_engine(package_dir, threads)``: :func:`onnx_engine` by
-default, so another runtime is one factory away. Each actor bounds its intra-op threads, so
+The package arrives as its files (:mod:`imgclf.bulk.shipping`: a cluster's nodes do not share the
+driver's folders) and is unpacked on the actor's node. The engine comes from one call,
+``make_engine(package_dir, threads)``: :func:`onnx_engine` by default, so another runtime is one
+factory away. Each actor bounds its intra-op threads, so
 ``workers x threads`` is what a node's cores are asked for. Rows whose file failed to decode pass
 through with their error and ``-1`` indices; they never reach the engine.
 """
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from imgclf.bulk.shipping import PackageFiles, unpack
 from imgclf.engine import Engine, top_k
 from imgclf.preprocess import normalize
 
@@ -32,8 +35,8 @@ def onnx_engine(package_dir: str, threads: int) -> Engine:
 class Predictor:
     """``{"path", "pixels", "error"}`` -> ``{"path", "indices", "scores", "error"}`` (top-k per row)."""
 
-    def __init__(self, package_dir: str, k: int, threads: int, make_engine: EngineFactory = onnx_engine) -> None:
-        self.engine = make_engine(package_dir, threads)
+    def __init__(self, package: PackageFiles, k: int, threads: int, make_engine: EngineFactory = onnx_engine) -> None:
+        self.engine = make_engine(str(unpack(package)), threads)
         self.k = max(1, min(k, len(self.engine.labels)))
 
     def __call__(self, batch: Batch) -> Batch:
