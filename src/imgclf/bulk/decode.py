@@ -2,8 +2,9 @@
 
 Each file goes through :func:`imgclf.pipeline.load_pixels`, the decode + resize + crop of
 ``imgclf predict`` and the server, so a file gets the same pixels on every path. The stage hands on
-``uint8`` pixels, a quarter of the float32 input, through the object store; the predictor
-normalises them (:func:`imgclf.preprocess.normalize`, the rest of :func:`imgclf.pipeline.prepare`).
+``uint8`` pixels (a quarter of the float32 input) and the predictor normalises them
+(:func:`imgclf.preprocess.normalize`, the rest of :func:`imgclf.pipeline.prepare`); Ray Data fuses
+the two stages into one actor, so the pixels stay in the worker's memory.
 A file that cannot be read or decoded gets the one-line message ``imgclf predict`` gives and zero
 pixels, and travels on as a row with an error: one bad file never fails the job.
 """

@@ -1,8 +1,8 @@
-"""A bulk prediction job on Ray Data: locations -> decode tasks -> a pool of engine actors -> result parts.
+"""A bulk prediction job on Ray Data: locations -> decode stage -> a pool of engine actors -> result parts.
 
-The pipeline streams: Ray Data decodes a few batches ahead of the actors (its backpressure bounds
-what is in flight), and the driver turns each finished batch into rows and writes a part file every
-``part_rows`` rows or ``part_seconds`` seconds. Files are read by the workers, not the driver, so on
+The pipeline streams (Ray Data's backpressure bounds the blocks in flight), and the driver turns
+each finished batch into rows and writes a part file every ``part_rows`` rows or ``part_seconds``
+seconds. Files are read by the workers, not the driver, so on
 a cluster the paths must be visible from every node (a shared filesystem or an object store).
 """
 
@@ -88,8 +88,10 @@ def _dataset(ray: Any, todo: list[str], package: ModelPackage, options: BulkOpti
     # early, large enough that per-block overhead stays small.
     blocks = max(min(len(todo), options.workers), math.ceil(len(todo) / (options.batch_size * 4)))
     ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    # The decode stage asks for the actors' CPUs, so Ray Data fuses it into them: a worker decodes a
+    # batch and runs it in one process, and the pixels never cross the object store.
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": package.spec}, batch_size=options.batch_size,
-                        batch_format="numpy", num_cpus=1)
+                        batch_format="numpy", num_cpus=options.threads)
     return ds.map_batches(
         Predictor, fn_constructor_kwargs={"package": pack(package.path), "k": options.k,
                                           "threads": options.threads, "make_engine": make_engine},
