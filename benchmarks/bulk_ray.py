@@ -9,6 +9,8 @@ job with 1 and with 2 workers (1 intra-op thread each) on a local Ray instance s
 Reported: images/s of each (the Ray figure includes starting the actors, not ``ray.init``), the
 ratio to ``imgclf predict``, the peak RSS and USS of each worker process (sampled every 0.2 s),
 and whether the Ray answers equal ``imgclf predict``'s (top-1 index, largest score difference).
+Last, the memory of the worker's code in a fresh process at batch sizes 1-64 (ONNX Runtime's arena
+grows with the batch).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
@@ -94,6 +97,22 @@ def run_ray(package: str, files: list[Path], batch_size: int, workers: int) -> t
     return elapsed, sorted(memory.peak.values()), answers
 
 
+def engine_memory(package: str, files: list[Path], batch_size: int) -> tuple[int, int]:
+    """Peak RSS and USS of a fresh process that runs the worker's code on three batches (no Ray)."""
+    import numpy as np
+
+    from imgclf.bulk.decode import decode_batch
+    from imgclf.bulk.predictor import Predictor
+    from imgclf.bulk.shipping import pack
+
+    predictor = Predictor(pack(package), k=5, threads=1)
+    for i in range(3):
+        chunk = files[i * batch_size:(i + 1) * batch_size]
+        predictor(decode_batch({"path": np.asarray([str(f) for f in chunk], dtype=object)}, predictor.engine.spec))
+    mem = psutil.Process().memory_full_info()
+    return mem.rss, mem.uss
+
+
 def compare(a: dict[str, tuple[int, float]], b: dict[str, tuple[int, float]]) -> str:
     same = sum(1 for k, (i, _) in a.items() if k in b and b[k][0] == i)
     diff = max((abs(a[k][1] - b[k][1]) for k in a if k in b), default=float("nan"))
@@ -104,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir")
     ap.add_argument("--model", required=True, help="a model package folder")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="0: only the memory by batch size")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     args = ap.parse_args()
@@ -114,8 +133,9 @@ def main() -> None:
     print(f"{len(files)} images, batch size {args.batch_size}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     t = time.perf_counter()
-    with connected(None, num_cpus=local_cpus(2, 1)):
-        print(f"ray.init: {time.perf_counter() - t:.1f} s", flush=True)
+    with connected(None, num_cpus=local_cpus(2, 1)) if args.rounds else nullcontext():
+        if args.rounds:
+            print(f"ray.init: {time.perf_counter() - t:.1f} s", flush=True)
         for n in range(1, args.rounds + 1):
             base, reference = run_predict(args.model, files, args.batch_size)
             print(f"round {n}: imgclf predict      {len(files) / base:7.1f} img/s ({base:.1f} s)", flush=True)
@@ -125,6 +145,13 @@ def main() -> None:
                 print(f"round {n}: ray, {workers} worker(s)  {len(files) / elapsed:7.1f} img/s ({elapsed:.1f} s, "
                       f"x{base / elapsed:.2f} of predict); per worker: {mem}; {compare(reference, answers)}",
                       flush=True)
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for size in (1, 16, 32, 64):
+            rss, uss = pool.apply(engine_memory, (args.model, files, size))
+            print(f"one worker's code at batch {size:2d}: RSS {rss / 2**20:.0f} MiB / USS {uss / 2**20:.0f} MiB",
+                  flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -205,8 +205,8 @@ def test_output_of_another_model_a_busy_output_and_a_bad_suffix_are_refused(tmp_
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--out", "r.jsonl"], "--out only apply with --ray"),
-    (["--workers", "2"], "--workers only apply with --ray"),
+    (["--out", "r.jsonl"], "--out: only with --ray"),
+    (["--workers", "2", "--ray-address", "auto"], "--ray-address, --workers: only with --ray"),
     (["--ray"], "--ray needs --out"),
     (["--ray", "--out", "r.csv"], r"\.parquet or \.jsonl"),
     (["--ray", "--out", "r.jsonl", "--json"], "--json prints answers"),

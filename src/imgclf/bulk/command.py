@@ -31,7 +31,7 @@ def validate(args: argparse.Namespace) -> None:
         given += [name for name, value, default in (("--workers", args.workers, 1),
                                                      ("--worker-threads", args.worker_threads, 1)) if value != default]
         if given:
-            raise UserError(f"{', '.join(given)} only apply with --ray")
+            raise UserError(f"{', '.join(given)}: only with --ray")
         return
     if args.out is None:
         raise UserError("--ray needs --out FILE (.parquet or .jsonl)")
