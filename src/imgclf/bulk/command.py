@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     locations = list_sources(args.images)
     package = ensure_package(args.model or DEFAULT_MODEL, weights=args.weights)
     options = BulkOptions(workers=args.workers, threads=args.worker_threads, batch_size=args.batch_size,
-                          k=args.top_k, progress=not args.no_progress)
+                          k=args.top_k, progress=not args.no_progress and sys.stderr.isatty())
     with connected(args.ray_address, num_cpus=local_cpus(args.workers, args.worker_threads)):
         summary = predict_bulk(locations, package, args.out, options)
     print(f"{args.out}: {summary.rows} rows ({summary.predicted} answered now, {summary.errors} with an error, "

@@ -135,9 +135,21 @@ class ResultStore:
                 f.flush()
                 os.fsync(f.fileno())
 
+    def _count(self, f: Path) -> int:
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            rows: int = pq.ParquetFile(f).metadata.num_rows
+            return rows
+        with f.open("rb") as lines:
+            return sum(1 for _ in lines)
+
     def finish(self) -> int:
         """Stream the previous output and every part into a new ``out``; returns its row count."""
         sources = self.sources()
+        if sources == [self.out]:  # nothing new: the output stays as it is
+            shutil.rmtree(self.parts_dir)
+            return self._count(self.out)
         tmp = self.out.with_name(f".{self.out.name}.tmp")
         rows = 0
         if self.format == "parquet":
@@ -151,9 +163,8 @@ class ResultStore:
         else:
             with tmp.open("wb") as dst:
                 for f in sources:
+                    rows += self._count(f)
                     with f.open("rb") as src:
-                        rows += sum(1 for _ in src)
-                        src.seek(0)
                         shutil.copyfileobj(src, dst)
         os.replace(tmp, self.out)
         shutil.rmtree(self.parts_dir)
