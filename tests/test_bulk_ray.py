@@ -313,3 +313,25 @@ def test_glob_and_manifest_sources_through_the_cli(ray_instance, tiny, photos, t
                                                           "rocket.jpg"]
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in rows)
     assert "5 rows (5 answered now, 0 with an error, 0 answered before)" in capsys.readouterr().err
+
+
+def engine_that_fails_to_load(package_dir: str, threads: int):
+    raise RuntimeError(f"cannot load {package_dir}")
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_job_with_a_ray_error_and_the_output_stays_usable(ray_instance, tiny, photos,
+                                                                                     tmp_path):
+    import sys
+
+    ray_instance.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    out = tmp_path / "results.parquet"
+    files = list_sources([str(photos / "sub")])
+    package = load_package(tiny)
+    # What `imgclf predict --ray` turns into its one-line "the Ray job stopped: ..." error.
+    with pytest.raises(ray_instance.exceptions.RayError, match="cannot load"):
+        predict_bulk(files, package, str(out), BulkOptions(progress=False), make_engine=engine_that_fails_to_load)
+    assert not out.exists()
+    summary = predict_bulk(files, package, str(out), BulkOptions(progress=False))  # the lock was released
+    assert summary.rows == 5 and summary.skipped == 0

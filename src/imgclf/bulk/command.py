@@ -9,6 +9,10 @@ from pathlib import Path
 from imgclf.errors import UserError
 
 
+class BulkJobError(UserError):
+    """The Ray job stopped (a node or worker lost beyond Ray's retries); its finished rows are kept."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``predict`` that only a Ray job takes."""
     g = p.add_argument_group("bulk prediction on Ray (needs: pip install 'imgclf[ray]'; see docs/bulk.md)")
@@ -52,13 +56,18 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.zoo.registry import DEFAULT_MODEL
 
     output_format(Path(args.out))
-    import_ray()  # a missing extra is reported before a zoo model is exported
+    ray = import_ray()  # a missing extra is reported before a zoo model is exported
     locations = list_sources(args.images)
     package = ensure_package(args.model or DEFAULT_MODEL, weights=args.weights)
     options = BulkOptions(workers=args.workers, threads=args.worker_threads, batch_size=args.batch_size,
                           k=args.top_k, progress=not args.no_progress and sys.stderr.isatty())
     with connected(args.ray_address, num_cpus=local_cpus(args.workers, args.worker_threads)):
-        summary = predict_bulk(locations, package, args.out, options)
+        try:
+            summary = predict_bulk(locations, package, args.out, options)
+        except ray.exceptions.RayError as exc:  # a lost node or worker, after Ray's own retries
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BulkJobError(f"the Ray job stopped: {first}; the rows answered so far are kept: run the same "
+                               "command again to go on") from None
     print(f"{args.out}: {summary.rows} rows ({summary.predicted} answered now, {summary.errors} with an error, "
           f"{summary.skipped} answered before)", file=sys.stderr)
     return 0
