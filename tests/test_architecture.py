@@ -50,6 +50,7 @@ VIOLATIONS = {
     "imports only": ("server/planted.py", "import imgclf.samples\n"),
     "never reaches torch": ("server/planted_torch.py", "import imgclf.engines.torch\n"),
     "torch-free": ("data/planted.py", "import torch\n"),
+    "Bulk": ("bulk/planted.py", "import torch\n"),
     "commands": ("zoo/planted.py", "from imgclf.commands import predict\n"),
     "feedback store": ("feedback/planted.py", "import imgclf.server\n"),
 }

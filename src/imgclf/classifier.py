@@ -33,7 +33,7 @@ from PIL import Image
 from imgclf.engine import Array, Engine, OutputKind, Prediction, top_k
 from imgclf.errors import UserError
 from imgclf.images import ImageDecodeError, decode, image_to_rgb
-from imgclf.pipeline import prepare
+from imgclf.pipeline import prepare, read_error
 from imgclf.preprocess import PreprocessSpec, preprocess
 
 if TYPE_CHECKING:
@@ -167,14 +167,8 @@ class Classifier:
         """The file's model input, or why it cannot be used (a short message for the user)."""
         try:
             return prepare(path.read_bytes(), self.spec)
-        except FileNotFoundError:
-            return "no such file"
-        except IsADirectoryError:
-            return "is a directory"
-        except PermissionError:
-            return "permission denied"
         except OSError as exc:
-            return exc.strerror or str(exc)
+            return read_error(exc)
         except ImageDecodeError as exc:
             return str(exc)
 

@@ -27,6 +27,17 @@ def prepare(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None)
     return normalize(load_pixels(data, spec, max_pixels=max_pixels), spec)
 
 
+def read_error(exc: OSError) -> str:
+    """The short message ``imgclf predict`` gives for a file it cannot read."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders become every image file under them, sorted."""
     out: list[Path] = []

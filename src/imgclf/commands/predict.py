@@ -18,7 +18,11 @@ HELP = "classify image files or folders with a zoo model or a model package"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files or folders (folders are searched recursively)")
+    from imgclf.bulk.command import add_arguments as add_ray_arguments
+
+    p.add_argument("images", nargs="+", metavar="SOURCE",
+                   help="image files or folders (folders are searched recursively); with --ray also globs, "
+                        "manifests and URIs")
     p.add_argument("--model", "-m", default=None,
                    help="zoo model name, package directory or Keras model file (.h5/.keras) "
                         "(default: efficientnet_lite0)")
@@ -27,9 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true")
+    add_ray_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.bulk import command as bulk
+
+    bulk.validate(args)
+    if args.ray:
+        return bulk.run(args)
     from imgclf.classifier import load
     from imgclf.pipeline import expand_paths
     from imgclf.zoo.registry import DEFAULT_MODEL

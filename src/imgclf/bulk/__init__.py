@@ -1,0 +1,9 @@
+"""Bulk prediction on Ray (``imgclf predict --ray``): folders, globs or manifests of images in, one
+row per file out (Parquet or JSON Lines).
+
+One job per module: :mod:`~imgclf.bulk.sources` lists the files, :mod:`~imgclf.bulk.decode` is the
+decode stage, :mod:`~imgclf.bulk.predictor` the engine actors, :mod:`~imgclf.bulk.output` the
+result parts and resume, :mod:`~imgclf.bulk.job` the Ray Data pipeline, :mod:`~imgclf.bulk.cluster`
+the connection to Ray and :mod:`~imgclf.bulk.command` the command line. Ray is imported lazily (an
+optional extra) and nothing here imports torch.
+"""
