@@ -29,6 +29,8 @@ def default_threads() -> int:
 class OnnxEngine(LogitsEngine):
     """ONNX Runtime session over a model package, validated against its metadata at load."""
 
+    engine_name = "onnxruntime"
+
     def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
         import onnxruntime as ort  # imported here: ``import imgclf.engine`` stays cheap
 
@@ -36,6 +38,7 @@ class OnnxEngine(LogitsEngine):
         self.package = package
         self.name: str = package.name
         self.version: str = meta.version
+        self.precision: str = meta.precision  # an int8 package runs ONNX Runtime's int8 kernels
         self.labels: list[str] = list(package.labels)
         self.spec: PreprocessSpec = package.spec
         self.output_kind: OutputKind = meta.output_kind
