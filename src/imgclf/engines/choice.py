@@ -110,6 +110,13 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
         raise EngineChoiceError("ONNX Runtime has no bf16 CPU kernels on this platform (it would compute in "
                                 "fp32 and convert): use --engine openvino --precision bf16")
     skipped: list[str] = []
+    if int8_package(package) is None:
+        if precision == "int8":
+            raise EngineChoiceError(f"{package.path} has no int8 variant ({package.path / INT8_DIR}): "
+                                    f"run 'imgclf quantize {package.path}' first")
+        if any(p == "int8" for _, p in candidates):  # one note for both int8 candidates
+            skipped.append(f"int8: no int8 variant (run 'imgclf quantize {package.path}')")
+        candidates = [(e, p) for e, p in candidates if p != "int8"]
     for e, p in candidates:
         why_not, run_package, gate = _consider(package, e, p, caps, have_ov, explicit, measure)
         if why_not:
@@ -135,13 +142,8 @@ def _consider(package: ModelPackage, engine: str, precision: str, caps: CpuCaps,
             return f"this CPU has no bf16 instructions ({' or '.join(BF16_FLAGS)})", None, None
     if precision == "int8" and not caps.int8 and not explicit:
         return f"this CPU has no int8 dot-product instructions ({' or '.join(INT8_FLAGS)})", None, None
-    if precision == "int8":
-        run = int8_package(package)
-        if run is None:
-            return (f"no int8 package ({package.path / INT8_DIR}): run 'imgclf quantize {package.path}'",
-                    None, None)
-    else:
-        run = package
+    run = int8_package(package) if precision == "int8" else package
+    assert run is not None  # choose() has dealt with a missing int8 variant
     if precision == "fp32":
         return "", run, None  # the exported model itself: nothing to gate
     gate = run.meta.gate_for(engine, precision)
