@@ -88,32 +88,44 @@ def int8_package(package: ModelPackage) -> ModelPackage | None:
     return load_package(nested) if is_package_dir(nested) else None
 
 
+def precheck(package: ModelPackage, engine: str = "auto", precision: str = "auto", *,
+             caps: CpuCaps | None = None, openvino: bool | None = None) -> None:
+    """The checks of :func:`choose` that need no model run: an engine or precision asked for that
+    cannot run ``package`` here is a one-line error (``imgclf serve`` calls this before listening)."""
+    check_args(engine, precision)
+    caps = cpu_caps() if caps is None else caps
+    if engine == "openvino" and not (openvino_installed() if openvino is None else openvino):
+        import_openvino()  # raises the one-line "pip install" error
+        raise OpenVINOMissingError("the OpenVINO engine is not installed")
+    if package.meta.precision == "int8" and precision not in ("auto", "int8"):
+        raise EngineChoiceError(f"{package.path} is an int8 package; it runs at int8 only "
+                                "(pass its fp32 package for fp32 or bf16)")
+    if precision == "bf16":
+        if engine == "onnxruntime":
+            raise EngineChoiceError("ONNX Runtime has no bf16 CPU kernels on this platform (it would compute "
+                                    "in fp32 and convert): use --engine openvino --precision bf16")
+        if not caps.bf16:
+            raise EngineChoiceError(f"this CPU has no bf16 instructions ({' or '.join(BF16_FLAGS)}): "
+                                    "use --precision fp32 or int8")
+    if precision == "int8" and int8_package(package) is None:
+        raise EngineChoiceError(f"{package.path} has no int8 variant ({package.path / INT8_DIR}): "
+                                f"run 'imgclf quantize {package.path}' first")
+
+
 def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto", *,
            caps: CpuCaps | None = None, openvino: bool | None = None,
            measure: GateMeasure | None = None) -> EngineChoice:
     """Decide the engine and precision for ``package`` (see the module docstring)."""
-    check_args(engine, precision)
     caps = cpu_caps() if caps is None else caps
     have_ov = openvino_installed() if openvino is None else openvino
+    precheck(package, engine, precision, caps=caps, openvino=have_ov)
     measure = measure_and_record if measure is None else measure
-    if engine == "openvino" and not have_ov:
-        import_openvino()  # raises the one-line "pip install" error
-        raise OpenVINOMissingError("the OpenVINO engine is not installed")  # pragma: no cover
     given_int8 = package.meta.precision == "int8"
-    if given_int8 and precision not in ("auto", "int8"):
-        raise EngineChoiceError(f"{package.path} is an int8 package; it runs at int8 only "
-                                "(pass its fp32 package for fp32 or bf16)")
     explicit = precision != "auto" or given_int8
     candidates = [(e, p) for e, p in RANKING if engine in ("auto", e) and precision in ("auto", p)
                   and (p == "int8" or not given_int8)]
-    if engine == "onnxruntime" and precision == "bf16":
-        raise EngineChoiceError("ONNX Runtime has no bf16 CPU kernels on this platform (it would compute in "
-                                "fp32 and convert): use --engine openvino --precision bf16")
     skipped: list[str] = []
     if int8_package(package) is None:
-        if precision == "int8":
-            raise EngineChoiceError(f"{package.path} has no int8 variant ({package.path / INT8_DIR}): "
-                                    f"run 'imgclf quantize {package.path}' first")
         if any(p == "int8" for _, p in candidates):  # one note for both int8 candidates
             skipped.append(f"int8: no int8 variant (run 'imgclf quantize {package.path}')")
         candidates = [(e, p) for e, p in candidates if p != "int8"]
@@ -124,8 +136,6 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
             continue
         assert run_package is not None
         return EngineChoice(e, p, _reason(engine, precision, gate, skipped), run_package, gate)
-    if not skipped:  # pragma: no cover - RANKING covers every engine and precision
-        raise EngineChoiceError(f"no engine runs {engine} at {precision}")
     raise EngineChoiceError(f"cannot run {package.name} with --engine {engine} --precision {precision}: "
                             + "; ".join(skipped))
 

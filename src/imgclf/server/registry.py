@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.engine import Engine, OutputKind
-from imgclf.engines.onnxruntime import OnnxEngine
+from imgclf.engines.choice import EngineChoice, open_engine
+from imgclf.errors import UserError
 from imgclf.package import ModelPackage, PackageError, check_name, is_package_dir, load_package
 from imgclf.preprocess import PreprocessSpec
 from imgclf.server.batcher import MicroBatcher
@@ -33,6 +34,7 @@ class ServedModel:
     engine: Engine
     batcher: MicroBatcher
     package: ModelPackage | None = None
+    choice: EngineChoice | None = None  # why this engine and precision (packages loaded by the server)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -66,6 +68,8 @@ class ModelRegistry:
         self.startup_failed: set[str] = set()  # startup models that failed and were not loaded since
         self._locks: dict[str, asyncio.Lock] = {}
         metrics.watch_queues(lambda: {n: m.batcher.depth for n, m in list(self.models.items())})
+        metrics.watch_engines(lambda: {n: (m.engine.engine_name, m.engine.precision)
+                                       for n, m in list(self.models.items())})
 
     # -- lookup ---------------------------------------------------------------------------
     @property
@@ -127,28 +131,33 @@ class ModelRegistry:
 
     async def load_package_dir(self, path: str | Path, *, name: str | None = None) -> ServedModel:
         """Load a package, warm it up, then (re)place the model of that name atomically."""
-        def build() -> tuple[ModelPackage, Engine]:
+        c = self.config
+
+        def build() -> tuple[ModelPackage, Engine, EngineChoice]:
             package = load_package(path)
-            engine = OnnxEngine(package, threads=self.config.ort_threads)
-            return package, engine
+            precision = c.precision or ("auto" if c.engine == "auto" else "fp32")
+            engine, choice = open_engine(package, c.engine, precision, threads=c.ort_threads)
+            return package, engine, choice
 
         try:
-            package, engine = await asyncio.to_thread(build)
-        except PackageError as exc:
+            package, engine, choice = await asyncio.to_thread(build)
+        except UserError as exc:  # a broken package, or an engine/precision it cannot run here
             self.failures[name or Path(path).name] = str(exc)
-            raise
+            raise PackageError(str(exc)) from None
         if name is None:
             # In the model directory a package is known by its folder's name (what load/unload use).
             inside = self.config.model_dir and Path(path).resolve().parent == Path(self.config.model_dir).resolve()
             name = Path(path).resolve().name if inside else package.name
-        return await self.add_engine(engine, name=name, package=package)
+        return await self.add_engine(engine, name=name, package=package, choice=choice)
 
-    async def add_engine(self, engine: Engine, *, name: str, package: ModelPackage | None = None) -> ServedModel:
+    async def add_engine(self, engine: Engine, *, name: str, package: ModelPackage | None = None,
+                         choice: EngineChoice | None = None) -> ServedModel:
         """Serve an engine under ``name`` (used for packages, and by embedding code and tests)."""
         check_name(name)
         async with self._lock(name):
             await asyncio.to_thread(self._warm_up, engine)
-            model = ServedModel(name=name, engine=engine, batcher=self._batcher(name, engine), package=package)
+            model = ServedModel(name=name, engine=engine, batcher=self._batcher(name, engine), package=package,
+                                choice=choice)
             model.batcher.start()
             old = self.models.get(name)
             self.models[name] = model
@@ -156,7 +165,8 @@ class ModelRegistry:
             self.startup_failed.discard(name)
             if old is not None:
                 await old.batcher.stop()
-            log.info("model %s v%s ready (%d classes)", name, engine.version, len(engine.labels))
+            how = choice.describe() if choice is not None else f"{engine.engine_name} {engine.precision}"
+            log.info("model %s v%s ready (%d classes) on %s", name, engine.version, len(engine.labels), how)
             return model
 
     def _warm_up(self, engine: Engine) -> None:
