@@ -49,6 +49,7 @@ class OnnxEngine(LogitsEngine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads burn the cores the HTTP and decode threads need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3  # errors only: int8 (QDQ) graphs log a warning per unused constant
         try:
             self.session: onnxruntime.InferenceSession = ort.InferenceSession(
                 str(package.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]

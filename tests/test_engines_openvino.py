@@ -1,0 +1,157 @@
+"""Every engine and precision this CPU offers gives fp32's top-1 on the real sample photos; the
+engines' thread settings stay civil on a shared machine; the server reports what it runs on.
+
+Needs the ``openvino`` extra (skipped with the reason without it; the missing-extra error itself is
+tested in test_engine_choice.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from engine_support import copy_package, make_int8_variant
+from fastapi.testclient import TestClient
+from serve_support import wait_ready
+
+pytest.importorskip("openvino", reason="the OpenVINO engine needs the openvino extra: pip install 'imgclf[openvino]'")
+
+from imgclf.engines import choice as choice_mod  # noqa: E402
+from imgclf.engines.choice import EngineChoice, build, open_engine  # noqa: E402
+from imgclf.engines.cpu import cpu_caps  # noqa: E402
+from imgclf.engines.onnxruntime import OnnxEngine  # noqa: E402
+from imgclf.engines.openvino import OpenVINOEngine  # noqa: E402
+from imgclf.package import load_package  # noqa: E402
+from imgclf.pipeline import prepare  # noqa: E402
+from imgclf.server import ServerConfig, create_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CAPS = cpu_caps()
+
+
+@pytest.fixture(scope="module")
+def lite0_copy(lite0_package, tmp_path_factory):
+    """A private copy of the Lite0 package with an int8 variant (this module writes gates into it)."""
+    root = copy_package(lite0_package, tmp_path_factory.mktemp("engines") / "lite0")
+    make_int8_variant(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_batch(lite0_package, sample_jpegs):
+    spec = load_package(lite0_package).spec
+    names = sorted(sample_jpegs)
+    return names, np.stack([prepare(sample_jpegs[n].read_bytes(), spec) for n in names])
+
+
+def runnable() -> list[tuple[str, str]]:
+    """Every engine and precision this CPU has instructions for."""
+    out = [("openvino", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")]
+    if CAPS.bf16:
+        out.append(("openvino", "bf16"))
+    return out
+
+
+@pytest.mark.parametrize(("engine", "precision"), runnable())
+def test_every_engine_and_precision_gives_the_fp32_top1(lite0_copy, photo_batch, engine, precision):
+    names, batch = photo_batch
+    package = load_package(lite0_copy)
+    reference = OnnxEngine(package, threads=1).probabilities(batch)
+    run = load_package(lite0_copy / "int8") if precision == "int8" else package
+    candidate = build(EngineChoice(engine, precision, "test", run), threads=1)
+    assert (candidate.engine_name, candidate.precision) == (engine, precision)
+    probs = candidate.probabilities(batch)
+    assert probs.shape == reference.shape
+    assert dict(zip(names, probs.argmax(1).tolist(), strict=True)) == \
+        dict(zip(names, reference.argmax(1).tolist(), strict=True))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_openvino_fp32_matches_onnx_runtime_closely(lite0_package, photo_batch):
+    _, batch = photo_batch
+    package = load_package(lite0_package)
+    np.testing.assert_allclose(OpenVINOEngine(package, threads=1).logits(batch),
+                               OnnxEngine(package, threads=1).logits(batch), atol=2e-3)
+
+
+def test_any_batch_size_runs_on_one_compiled_model(lite0_package, photo_batch):
+    _, batch = photo_batch
+    engine = OpenVINOEngine(load_package(lite0_package), threads=1)
+    full = engine.logits(batch)
+    for n in (1, 3):
+        np.testing.assert_allclose(engine.logits(batch[:n]), full[:n], atol=1e-4)
+
+
+def test_thread_settings_are_applied_and_civil(lite0_package):
+    package = load_package(lite0_package)
+    ov = OpenVINOEngine(package, precision="bf16" if CAPS.bf16 else "fp32", threads=1)
+    assert int(ov.applied("INFERENCE_NUM_THREADS")) == 1
+    assert int(ov.applied("NUM_STREAMS")) == 1  # one stream: batches run one after another
+    assert ov.applied("ENABLE_CPU_PINNING") is False
+    assert ("bfloat16" if CAPS.bf16 else "float32") in str(ov.applied("INFERENCE_PRECISION_HINT"))
+    ort = OnnxEngine(package, threads=1)
+    opts = ort.session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Torch's OpenMP threads (the zoo in predict) must not busy-wait either: the CLI and tests set this.
+    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
+
+
+def test_the_cli_keeps_openmp_passive(monkeypatch):
+    from imgclf.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert main(["models"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+@pytest.mark.skipif(not CAPS.bf16, reason="this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)")
+def test_bf16_is_gated_on_first_use_and_recorded(lite0_copy, tmp_path):
+    package_dir = copy_package(lite0_copy, tmp_path / "lite0")
+    engine, choice = open_engine(load_package(package_dir), "openvino", "bf16", threads=1)
+    assert choice.gate is not None and choice.gate.passed and choice.gate.images == 5
+    recorded = load_package(package_dir).meta.gate_for("openvino", "bf16")
+    assert recorded == choice.gate
+    # The next load reads the record instead of measuring again.
+    measured = []
+    again = choice_mod.choose(load_package(package_dir), "openvino", "bf16",
+                                            measure=lambda *a: measured.append(a))
+    assert measured == [] and again.gate == recorded
+
+
+@pytest.mark.skipif(not CAPS.bf16, reason="this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)")
+def test_a_read_only_package_keeps_the_gate_in_memory(lite0_copy, tmp_path, monkeypatch):
+    package_dir = copy_package(lite0_copy, tmp_path / "lite0")
+    before = (package_dir / "model.json").read_bytes()
+    monkeypatch.setattr(choice_mod.os, "access", lambda path, mode: False)  # root ignores chmod
+    package = load_package(package_dir)
+    _, choice = open_engine(package, "openvino", "bf16", threads=1)
+    assert choice.gate is not None and package.meta.gate_for("openvino", "bf16") == choice.gate
+    assert (package_dir / "model.json").read_bytes() == before
+
+
+def test_the_server_reports_its_engine_and_precision(lite0_copy, sample_jpegs, tmp_path):
+    package_dir = copy_package(lite0_copy, tmp_path / "lite0")
+    raw = json.loads((package_dir / "model.json").read_text())
+    with TestClient(create_app(ServerConfig(models=(str(package_dir),), engine="openvino", precision="fp32",
+                                            ort_threads=1))) as client:
+        wait_ready(client)
+        info = client.get(f"/v1/models/{raw['name']}").json()
+        assert (info["engine"], info["precision"]) == ("openvino", "fp32")
+        assert info["engine_reason"] == "as asked"
+        metrics = client.get("/metrics").text
+        assert f'imgclf_model_engine_info{{engine="openvino",model="{raw["name"]}",precision="fp32"}} 1.0' in metrics
+        r = client.post("/predict?top_k=1", content=sample_jpegs["chelsea"].read_bytes(),
+                        headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200 and r.json()["predictions"][0][0]["index"] in range(281, 286)
+
+
+def test_auto_in_the_server_never_runs_an_ungated_int8(lite0_copy, tmp_path):
+    package_dir = copy_package(lite0_copy, tmp_path / "lite0")
+    make_int8_variant(package_dir)  # no gate records: auto must not pick it
+    with TestClient(create_app(ServerConfig(models=(str(package_dir),), engine="auto", ort_threads=1))) as client:
+        wait_ready(client)
+        info = client.get("/v1/models").json()["models"][0]
+        assert info["precision"] != "int8"
+        assert "no accuracy gate recorded" in info["engine_reason"]
