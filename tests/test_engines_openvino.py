@@ -155,3 +155,32 @@ def test_auto_in_the_server_never_runs_an_ungated_int8(lite0_copy, tmp_path):
         info = client.get("/v1/models").json()["models"][0]
         assert info["precision"] != "int8"
         assert "no accuracy gate recorded" in info["engine_reason"]
+
+
+def test_predict_and_evaluate_take_engine_and_precision(lite0_copy, sample_jpegs, capsys):
+    from imgclf.cli import main
+
+    photo = str(sample_jpegs["chelsea"])
+    assert main(["predict", "--model", str(lite0_copy), "--engine", "openvino", "--precision", "int8",
+                 "--json", "-k", "1", photo]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["predictions"][0]["index"] in range(281, 286)
+    assert "imgclf: engine openvino int8 (as asked" in err
+    assert main(["predict", "--model", str(lite0_copy), "--engine", "onnxruntime", "--precision", "bf16",
+                 photo]) == 2
+    assert "use --engine openvino --precision bf16" in capsys.readouterr().err
+
+
+def test_evaluate_runs_on_the_engine_asked_for(lite0_copy, sample_jpegs, tmp_path, capsys):
+    from imgclf.cli import main
+
+    data = tmp_path / "data"
+    for label, name in (("tiger cat", "chelsea"), ("espresso", "coffee")):
+        (data / label).mkdir(parents=True)
+        (data / label / f"{name}.jpg").write_bytes(sample_jpegs[name].read_bytes())
+    assert main(["evaluate", str(lite0_copy), "--data", str(data), "--format", "folder", "--split", "train",
+                 "--engine", "openvino", "--out", str(tmp_path / "eval"), "--json", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "imgclf: engine openvino fp32 (as asked)" in err
+    ev = json.loads(out)
+    assert (ev["n"], ev["accuracy"]) == (2, 1.0)
