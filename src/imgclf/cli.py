@@ -19,7 +19,8 @@ import traceback
 from imgclf import __version__
 from imgclf.errors import UserError
 
-COMMANDS = ["models", "predict", "export", "import_model", "serve", "train", "evaluate", "experiment", "finetune"]
+COMMANDS = ["models", "predict", "export", "import_model", "serve", "train", "evaluate", "experiment", "finetune",
+            "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:
