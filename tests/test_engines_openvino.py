@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from engine_support import copy_package, make_int8_variant
+from engine_support import copy_package, drop_gates, quantize
 from fastapi.testclient import TestClient
 from serve_support import wait_ready
 
@@ -32,9 +32,9 @@ CAPS = cpu_caps()
 
 @pytest.fixture(scope="module")
 def lite0_copy(lite0_package, tmp_path_factory):
-    """A private copy of the Lite0 package with an int8 variant (this module writes gates into it)."""
+    """A private copy of the Lite0 package with its int8 variant from ``imgclf quantize``."""
     root = copy_package(lite0_package, tmp_path_factory.mktemp("engines") / "lite0")
-    make_int8_variant(root)
+    quantize(root)
     return root
 
 
@@ -110,7 +110,9 @@ def test_the_cli_keeps_openmp_passive(monkeypatch):
 def test_bf16_is_gated_on_first_use_and_recorded(lite0_copy, tmp_path):
     package_dir = copy_package(lite0_copy, tmp_path / "lite0")
     engine, choice = open_engine(load_package(package_dir), "openvino", "bf16", threads=1)
-    assert choice.gate is not None and choice.gate.passed and choice.gate.images == 5
+    # Measured on the six photos shipped with imgclf; passed or not, it is recorded and reported.
+    assert choice.gate is not None and choice.gate.images == 6 and not choice.gate.labelled
+    assert ("gate passed" if choice.gate.passed else "gate FAILED") in choice.reason
     recorded = load_package(package_dir).meta.gate_for("openvino", "bf16")
     assert recorded == choice.gate
     # The next load reads the record instead of measuring again.
@@ -128,6 +130,7 @@ def test_a_read_only_package_keeps_the_gate_in_memory(lite0_copy, tmp_path, monk
     package = load_package(package_dir)
     _, choice = open_engine(package, "openvino", "bf16", threads=1)
     assert choice.gate is not None and package.meta.gate_for("openvino", "bf16") == choice.gate
+    assert load_package(package_dir).meta.gate_for("openvino", "bf16") is None
     assert (package_dir / "model.json").read_bytes() == before
 
 
@@ -147,9 +150,22 @@ def test_the_server_reports_its_engine_and_precision(lite0_copy, sample_jpegs, t
         assert r.status_code == 200 and r.json()["predictions"][0][0]["index"] in range(281, 286)
 
 
+def test_quantize_records_a_gate_per_engine_and_auto_follows_them(lite0_copy):
+    gates = {(g.engine, g.precision): g for g in load_package(lite0_copy / "int8").meta.gates}
+    assert set(gates) == {("onnxruntime", "int8"), ("openvino", "int8")}
+    _, choice = open_engine(load_package(lite0_copy), "auto", "auto", threads=1)
+    if CAPS.int8 and gates["openvino", "int8"].passed:
+        assert (choice.engine, choice.precision) == ("openvino", "int8")
+        assert choice.package.path == lite0_copy / "int8"
+    elif CAPS.int8 and gates["onnxruntime", "int8"].passed:
+        assert (choice.engine, choice.precision) == ("onnxruntime", "int8")
+    else:
+        assert choice.precision != "int8" and "accuracy gate failed" in choice.reason
+
+
 def test_auto_in_the_server_never_runs_an_ungated_int8(lite0_copy, tmp_path):
-    package_dir = copy_package(lite0_copy, tmp_path / "lite0")
-    make_int8_variant(package_dir)  # no gate records: auto must not pick it
+    package_dir = copy_package(lite0_copy, tmp_path / "lite0", int8=True)
+    drop_gates(package_dir / "int8")  # no gate records: auto must not pick it
     with TestClient(create_app(ServerConfig(models=(str(package_dir),), engine="auto", ort_threads=1))) as client:
         wait_ready(client)
         info = client.get("/v1/models").json()["models"][0]

@@ -9,7 +9,7 @@ CPUs with bf16 instructions), ``int8`` (the package's int8 variant written by ``
 ``benchmarks/engines.py``) that this CPU and install can run and whose accuracy gate passed: an
 int8 candidate needs a passed gate record in its package (``imgclf quantize`` measures it); a bf16
 candidate without a record is measured the first time it is considered (fp32 ONNX Runtime against
-bf16 on the sample photos) and the record is written into the fp32 package's ``model.json`` (kept
+bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into the fp32 package's ``model.json`` (kept
 in memory when the folder is read-only). An explicit precision runs even when its gate failed,
 with a warning in the reason; ``auto`` never does.
 
@@ -22,16 +22,19 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.engine import Engine
 from imgclf.engines.cpu import BF16_FLAGS, INT8_FLAGS, CpuCaps, cpu_caps
 from imgclf.engines.openvino import OpenVINOMissingError, import_openvino
 from imgclf.errors import UserError
 from imgclf.package import GateRecord, ModelPackage, is_package_dir, load_package
+
+if TYPE_CHECKING:
+    from imgclf.evaluation.gate import LabelledSplit
 
 log = logging.getLogger("imgclf.engines")
 
@@ -209,30 +212,34 @@ def open_engine(package: ModelPackage, engine: str = "auto", precision: str = "a
     return build(choice, threads=threads), choice
 
 
-def gate_photos(out_dir: Path) -> list[Path]:
-    """The photos a bf16 gate is measured on: the real sample photos of :mod:`imgclf.samples`
-    (scikit-image's and scikit-learn's), written as JPEG files like uploads."""
-    from imgclf.samples import write_sample_photos
+def gate_data(package: ModelPackage) -> tuple[LabelledSplit | None, tuple[Path, ...]]:
+    """What a bf16 gate is measured on: the test (or validation) split of the data a trained package
+    records, as ``imgclf quantize`` gates int8 on it; otherwise every photo shipped with imgclf
+    (bf16 needs no calibration, so none has to be held out)."""
+    from imgclf.quantize.photos import CALIBRATION, GATE, photos_dir
+    from imgclf.quantize.sources import default_gate
 
     try:
-        return write_sample_photos(out_dir)
-    except RuntimeError as exc:  # neither scikit-image nor scikit-learn installed
-        raise EngineChoiceError(str(exc)) from None
+        labelled = default_gate(package)[0]
+    except UserError:  # an imported model that records no dataset
+        labelled = None
+    if labelled is not None:
+        return labelled, ()
+    return None, tuple(photos_dir() / name for name in (*CALIBRATION, *GATE))
 
 
 def measure_and_record(package: ModelPackage, engine: str, precision: str, *,
                        threads: int | None = None) -> GateRecord:
-    """Gate ``engine`` at ``precision`` against fp32 ONNX Runtime on the sample photos, and write the
-    record into ``package``'s ``model.json`` (in memory only where the folder is read-only)."""
+    """Gate ``engine`` at ``precision`` against fp32 ONNX Runtime (on :func:`gate_data`), and write
+    the record into ``package``'s ``model.json`` (in memory only where the folder is read-only)."""
     from imgclf.engines.onnxruntime import OnnxEngine
     from imgclf.evaluation.gate import measure_gate, record_gate
 
     log.info("measuring the accuracy gate of %s %s for %s (first use) ...", engine, precision, package.name)
     reference = OnnxEngine(package, threads=threads)
     candidate = build(EngineChoice(engine, precision, "gate", package), threads=threads)
-    with tempfile.TemporaryDirectory(prefix="imgclf-gate-") as tmp:
-        record = measure_gate(reference, candidate, labelled=None, photos=gate_photos(Path(tmp)),
-                              engine=engine, precision=precision)
+    labelled, photos = gate_data(package)
+    record = measure_gate(reference, candidate, labelled=labelled, photos=photos, engine=engine, precision=precision)
     gates = [g for g in package.meta.gates if (g.engine, g.precision) != (engine, precision)]
     package.meta.gates = (*gates, record)
     if os.access(package.path / "model.json", os.W_OK) and os.access(package.path, os.W_OK):
