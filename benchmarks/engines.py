@@ -4,9 +4,8 @@
                                  [--images DIR] [--rounds 2] [--no-server]
 
 1. Packages in DIR (made once): EfficientNet-Lite0 with its real weights; ResNet50 and VGG16 with
-   random weights (only their speed is measured). Each gets an int8 variant in PACKAGE/int8:
-   ``imgclf quantize`` where this imgclf has it, else ONNX Runtime's static quantizer (QDQ,
-   per-channel weights, calibrated on the sample photos), labelled as such in the report.
+   random weights (only their speed is measured). Each gets an int8 variant in PACKAGE/int8 by
+   ``imgclf quantize`` (its default NNCF backend, calibrated on the photos shipped with imgclf).
 2. For every model, every variant this CPU runs (ORT fp32, OV fp32, OV bf16, ORT int8, OV int8):
    batch-16 throughput and batch-1 latency on the engine alone (no decode), all variants in turn,
    ``--rounds`` times, so background load drifts over all of them alike; ratios are against ORT
@@ -89,56 +88,18 @@ def make_package(name: str, work: Path) -> Path:
 
 
 def make_int8(package_dir: Path) -> tuple[Path, str]:
-    """``package_dir/int8`` and how it was made."""
-    from imgclf.package import is_package_dir
+    """``package_dir/int8`` by ``imgclf quantize`` (NNCF, its default; calibrated on the photos shipped
+    with imgclf, gated on the held-out ones), and how it was made."""
+    from imgclf.package import is_package_dir, load_package
+    from imgclf.quantize.build import quantize_package
+    from imgclf.quantize.calibration import bundled
+    from imgclf.quantize.photos import GATE, photos_dir
 
     out = package_dir / "int8"
-    how_file = package_dir / ".int8-made-by"
-    if is_package_dir(out) and how_file.exists():
-        return out, how_file.read_text()
-    try:
-        from imgclf.quantize import quantize_package  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        how = "ONNX Runtime quantize_static (QDQ, per-channel, 5 sample photos) - this imgclf has no quantize"
-        _ort_quantize(package_dir, out)
-    else:
-        how = "imgclf quantize"
-        quantize_package(package_dir)
-    how_file.write_text(how)
-    return out, how
-
-
-def _ort_quantize(package_dir: Path, out: Path) -> None:
-    import json
-    import shutil
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from imgclf.package import META_FILE, MODEL_FILE, load_package, sha256_file
-    from imgclf.preprocess import preprocess
-    from imgclf.samples import sample_photos
-
-    package = load_package(package_dir)
-    rows = [preprocess(a, package.spec)[None] for a in sample_photos().values()]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter({package.meta.input_name: r} for r in rows)
-
-        def get_next(self) -> dict | None:
-            return next(self.it, None)
-
-    tmp = package_dir / ".int8-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    quantize_static(str(package.onnx_path), str(tmp / MODEL_FILE), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    raw = json.loads((package_dir / META_FILE).read_text())
-    raw["precision"] = "int8"
-    raw["provenance"]["onnx_sha256"] = sha256_file(tmp / MODEL_FILE)
-    (tmp / META_FILE).write_text(json.dumps(raw, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    if not is_package_dir(out):
+        parent = load_package(package_dir)
+        quantize_package(parent, bundled(parent), photos=tuple(photos_dir() / n for n in GATE))
+    return out, "imgclf quantize (NNCF, the shipped calibration photos)"
 
 
 # -- engines alone ---------------------------------------------------------------------------
@@ -195,6 +156,28 @@ def bench_model(name: str, package_dir: Path, variants: list[tuple[str, str]], r
             del eng
             gc.collect()
     return results
+
+
+def recorded_gates(package_dir: Path, variants: list[tuple[str, str]], measure_bf16: bool) -> dict:
+    """The gate verdict of each int8/bf16 variant as recorded in the packages (bf16 measured here if
+    ``measure_bf16`` and not yet recorded, as ``auto`` would on first use)."""
+    from imgclf.engines.choice import measure_and_record
+    from imgclf.package import load_package
+
+    out = {}
+    fp32 = load_package(package_dir)
+    for engine, precision in variants:
+        record = None
+        if precision == "int8":
+            record = load_package(package_dir / "int8").meta.gate_for(engine, precision)
+        elif precision == "bf16":
+            record = fp32.meta.gate_for(engine, precision)
+            if record is None and measure_bf16:
+                record = measure_and_record(fp32, engine, precision)
+        if record is not None:
+            out[(engine, precision)] = (f"passed ({record.images} images)" if record.passed
+                                        else f"FAILED: {record.reason} ({record.images} images)")
+    return out
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -291,9 +274,10 @@ def main() -> int:
         res = bench_model(name, package_dir, variants, args.rounds)
         weights = "real weights" if name == "efficientnet_lite0" else "random weights"
         print(f"### {name} ({weights}); int8 by {how}\n")
+        gates = recorded_gates(package_dir, variants, measure_bf16=name == "efficientnet_lite0")
         print("| engine | precision | batch-16 images/s (each round) | vs ORT fp32 | batch-1 ms (median) |"
-              " top-1 on 5 photos = fp32 |")
-        print("|---|---|---:|---:|---:|---|")
+              " top-1 on 5 photos = fp32 | recorded accuracy gate |")
+        print("|---|---|---:|---:|---:|---|---|")
         base = res[("onnxruntime", "fp32")]
         for v in variants:
             r = res[v]
@@ -302,7 +286,8 @@ def main() -> int:
             if name != "efficientnet_lite0":
                 same += " (random weights: not meaningful)"
             print(f"| {v[0]} | {v[1]} | {' / '.join(f'{x:.1f}' for x in r['ips'])} | "
-                  f"{' / '.join(f'{x:.2f}x' for x in ratios)} | {statistics.median(r['ms']):.1f} | {same} |")
+                  f"{' / '.join(f'{x:.2f}x' for x in ratios)} | {statistics.median(r['ms']):.1f} | {same} | "
+                  f"{gates.get(v, '-')} |")
         print(flush=True)
     if lite0_dir is not None and not args.no_server:
         from imgclf.package import load_package
