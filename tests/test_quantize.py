@@ -26,15 +26,15 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _qdq_summary(onnx_path: Path) -> tuple[int, int]:
-    """(QuantizeLinear nodes, of them quantizing a weight per channel)."""
+    """(DequantizeLinear nodes, of them dequantizing an int8 weight per output channel)."""
     import onnx
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: i for i in model.graph.initializer}
-    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    per_channel = [n for n in q if n.input[0] in inits and len(inits[n.input[1]].dims) == 1
-                   and inits[n.input[1]].dims[0] > 1]
-    return len(q), len(per_channel)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = [n for n in dq if n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+                   and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    return len(dq), len(per_channel)
 
 
 @pytest.fixture(scope="module")

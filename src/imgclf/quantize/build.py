@@ -92,7 +92,7 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
         result = quantize_onnx(parent.onnx_path, onnx_int8, inputs, input_name=parent.meta.input_name,
                                backend=backend, fixes=fixes)
         written = write_package(target, onnx_int8, int8_meta(parent, calibration, result))
-    log(f"wrote {written.path} ({result.quantized_nodes} quantize nodes, {result.per_channel_weights} per-channel "
+    log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
         f"weights, float: {', '.join(result.float_nodes) or 'none'})")
     records = []
     reference = OnnxEngine(parent)
