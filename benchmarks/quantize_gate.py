@@ -30,7 +30,7 @@ from imgclf.images import image_files
 from imgclf.package import load_package
 from imgclf.pipeline import prepare
 from imgclf.quantize.build import quantize_package
-from imgclf.quantize.calibration import from_folder
+from imgclf.quantize.calibration import bundled, from_folder
 from imgclf.quantize.fixes import Fixes
 from imgclf.quantize.sources import default_calibration, default_gate
 
@@ -98,6 +98,9 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=2000, help="gate photos drawn from test/")
     ap.add_argument("--calibration", type=int, default=300, help="calibration photos drawn from train/")
     ap.add_argument("--packages", nargs="*", default=[], type=Path, help="trained/fine-tuned packages")
+    ap.add_argument("--shipped-calibration", action="store_true",
+                    help="also quantize each zoo model with the default settings calibrated on the photos shipped "
+                         "with imgclf (what 'imgclf quantize' does without --calibration)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -124,11 +127,13 @@ def main() -> int:
             lines.append(row(model, f"fp32 + uniform noise of +-{levels} grey levels (not int8)", record, None,
                              confident_agreement(fp32, NoisyEngine(fp32, levels), inputs)))
             log(lines[-1])
-        for variant in args.variants:
-            backend, fixes = VARIANTS[variant]
+        runs = [(v, *VARIANTS[v], calibration) for v in args.variants]
+        if args.shipped_calibration:
+            runs.append(("nncf-fast-bc-keep-first-last, shipped photos", "nncf", Fixes(), bundled(parent)))
+        for variant, backend, fixes, cal in runs:
             t = time.perf_counter()
-            done = quantize_package(parent, calibration, out=args.work / f"{model}-{variant}", photos=photos,
-                                    backend=backend, fixes=fixes, log=log)
+            done = quantize_package(parent, cal, out=args.work / f"{model}-{variant.replace(', ', '-')}",
+                                    photos=photos, backend=backend, fixes=fixes, log=log)
             seconds = time.perf_counter() - t
             for record in done.gates:
                 engine = OnnxEngine(done.package) if record.engine == "onnxruntime" else None

@@ -51,6 +51,16 @@ def _blank_folder(folder: Path, n: int = 4) -> Path:
     return folder
 
 
+def test_calibration_views_are_distinct_crops_of_the_photo():
+    from imgclf.quantize.calibration import crops
+
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    views = crops(image, 16)
+    assert len(views) == 16 and views[0].shape == image.shape
+    assert all(v.shape[0] == v.shape[1] for v in views[1:])
+    assert len({v.tobytes() for v in views}) == 16
+
+
 def test_not_a_package_is_a_one_line_error(tmp_path, capsys):
     code, _, err = _run(capsys, str(tmp_path))
     assert code == 2 and err.startswith("imgclf: error:") and err.count("\n") == 1
@@ -123,6 +133,7 @@ def test_lite0_int8_package_keeps_its_top1_on_real_photos(lite0_package, tmp_pat
                                             "onnx_sha256": parent.meta.provenance.onnx_sha256}
     manifest = prov.extra["calibration"]
     assert manifest["source"] == "bundled photos" and manifest["count"] == len(manifest["files"]) == 4
+    assert manifest["views_per_image"] == 16
     from imgclf.quantize.photos import photos_dir
 
     for f in manifest["files"]:

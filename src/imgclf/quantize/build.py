@@ -85,7 +85,8 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     target = out or default_out(parent)
     if target.resolve() == parent.path.resolve():
         raise QuantizeError("--out must not be the package being quantized")
-    log(f"calibrating on {len(calibration)} image(s): {calibration.description}")
+    views = f" x {calibration.views} views" if calibration.views > 1 else ""
+    log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
     inputs = calibration.inputs(parent.spec)
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
         onnx_int8 = Path(tmp) / "model.onnx"

@@ -12,6 +12,8 @@ which ONNX Runtime and OpenVINO both run as int8):
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -96,10 +98,12 @@ def _nncf(model: Any, dst: Path, inputs: npt.NDArray[np.float32], input_name: st
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lines list every node it skips
     dataset = nncf.Dataset(list(_batches(inputs)), lambda x: {input_name: x})
     advanced = nncf.AdvancedQuantizationParameters(disable_bias_correction=fixes.bias_correction == "none")
-    quantized = nncf.quantize(
-        model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
-        subset_size=len(inputs), fast_bias_correction=fixes.bias_correction != "full",
-        ignored_scope=nncf.IgnoredScope(names=keep) if keep else None, advanced_parameters=advanced)
+    # NNCF draws its progress bars on stdout, which is the command's result stream: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(
+            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
+            subset_size=len(inputs), fast_bias_correction=fixes.bias_correction != "full",
+            ignored_scope=nncf.IgnoredScope(names=keep) if keep else None, advanced_parameters=advanced)
     _require("onnx").save(quantized, str(dst))
 
 
