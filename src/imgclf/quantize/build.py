@@ -75,9 +75,10 @@ def engines_to_gate() -> list[tuple[str, Callable[[ModelPackage], Engine]]]:
 def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: Path | None = None,
                      labelled: LabelledSplit | None = None, photos: Sequence[Path] = (),
                      backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES,
-                     thresholds: GateThresholds = DEFAULT_THRESHOLDS,
+                     thresholds: GateThresholds = DEFAULT_THRESHOLDS, reference: Engine | None = None,
                      log: Callable[[str], None] = lambda _: None) -> Quantized:
-    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it."""
+    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it against
+    ``reference`` (default: ONNX Runtime on ``parent``)."""
     if labelled is None and not photos:
         raise QuantizeError("the accuracy gate needs a labelled split or photos; none given")
     if parent.meta.precision != "fp32":
@@ -96,7 +97,7 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
         f"weights, float: {', '.join(result.float_nodes) or 'none'})")
     records = []
-    reference = OnnxEngine(parent)
+    reference = reference or OnnxEngine(parent)
     for name, make in engines_to_gate():
         log(f"accuracy gate, {name}: int8 vs fp32")
         record = measure_gate(reference, make(written), labelled=labelled, photos=photos, engine=name,
