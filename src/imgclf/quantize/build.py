@@ -9,6 +9,7 @@ written all the same, marked ``"passed": false`` with the reason; ``auto`` never
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import tempfile
 from collections.abc import Callable, Sequence
@@ -64,11 +65,12 @@ def engines_to_gate() -> list[tuple[str, Callable[[ModelPackage], Engine]]]:
     out: list[tuple[str, Callable[[ModelPackage], Engine]]] = [("onnxruntime", OnnxEngine)]
     if importlib.util.find_spec("openvino") is not None:
         try:
-            from imgclf.engines import openvino as ov  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
+            ov = importlib.import_module("imgclf.engines.openvino")
+        except ImportError:  # this imgclf has no OpenVINO engine
             ov = None
-        if ov is not None and hasattr(ov, "OpenVinoEngine"):
-            out.append(("openvino", ov.OpenVinoEngine))
+        engine = getattr(ov, "OpenVINOEngine", None) or getattr(ov, "OpenVinoEngine", None)
+        if engine is not None:
+            out.append(("openvino", engine))
     return out
 
 
