@@ -15,8 +15,7 @@ from imgclf.engine import OnnxEngine
 from imgclf.package import load_package, sha256_file
 from imgclf.pipeline import prepare
 
-pytest.importorskip("onnx")
-pytest.importorskip("nncf")
+pytest.importorskip("onnx")  # the 'quantize' extra; NNCF only where the default backend runs
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -26,15 +25,15 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _qdq_summary(onnx_path: Path) -> tuple[int, int]:
-    """(QuantizeLinear nodes, of them quantizing a weight per channel)."""
+    """(DequantizeLinear nodes, of them dequantizing an int8 weight per output channel)."""
     import onnx
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: i for i in model.graph.initializer}
-    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    per_channel = [n for n in q if n.input[0] in inits and len(inits[n.input[1]].dims) == 1
-                   and inits[n.input[1]].dims[0] > 1]
-    return len(q), len(per_channel)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = [n for n in dq if n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+                   and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    return len(dq), len(per_channel)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,16 @@ def _blank_folder(folder: Path, n: int = 4) -> Path:
     for i in range(n):
         Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / f"blank{i}.jpg")
     return folder
+
+
+def test_calibration_views_are_distinct_crops_of_the_photo():
+    from imgclf.quantize.calibration import crops
+
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    views = crops(image, 16)
+    assert len(views) == 16 and views[0].shape == image.shape
+    assert all(v.shape[0] == v.shape[1] for v in views[1:])
+    assert len({v.tobytes() for v in views}) == 16
 
 
 def test_not_a_package_is_a_one_line_error(tmp_path, capsys):
@@ -110,6 +119,7 @@ def test_trained_package_calibrates_on_its_train_split_and_gates_on_its_test_spl
 
 @pytest.mark.slow
 def test_lite0_int8_package_keeps_its_top1_on_real_photos(lite0_package, tmp_path, capsys, sample_jpegs):
+    pytest.importorskip("nncf")
     pkg = tmp_path / "lite0"
     shutil.copytree(lite0_package, pkg)
     code, out, err = _run(capsys, str(pkg))
@@ -123,6 +133,7 @@ def test_lite0_int8_package_keeps_its_top1_on_real_photos(lite0_package, tmp_pat
                                             "onnx_sha256": parent.meta.provenance.onnx_sha256}
     manifest = prov.extra["calibration"]
     assert manifest["source"] == "bundled photos" and manifest["count"] == len(manifest["files"]) == 4
+    assert manifest["views_per_image"] == 16
     from imgclf.quantize.photos import photos_dir
 
     for f in manifest["files"]:

@@ -119,6 +119,3 @@ class OpenVINOEngine(LogitsEngine):
             out: Array = np.array(self._request.get_tensor(self._output).data, dtype=np.float32, copy=True)
         return out
 
-
-# The spelling imgclf.quantize looks for when it gates an int8 package on every installed engine.
-OpenVinoEngine = OpenVINOEngine

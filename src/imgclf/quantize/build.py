@@ -9,6 +9,7 @@ written all the same, marked ``"passed": false`` with the reason; ``auto`` never
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import tempfile
 from collections.abc import Callable, Sequence
@@ -64,20 +65,22 @@ def engines_to_gate() -> list[tuple[str, Callable[[ModelPackage], Engine]]]:
     out: list[tuple[str, Callable[[ModelPackage], Engine]]] = [("onnxruntime", OnnxEngine)]
     if importlib.util.find_spec("openvino") is not None:
         try:
-            from imgclf.engines import openvino as ov  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
+            ov = importlib.import_module("imgclf.engines.openvino")
+        except ImportError:  # this imgclf has no OpenVINO engine
             ov = None
-        if ov is not None and hasattr(ov, "OpenVinoEngine"):
-            out.append(("openvino", ov.OpenVinoEngine))
+        engine = getattr(ov, "OpenVINOEngine", None) or getattr(ov, "OpenVinoEngine", None)
+        if engine is not None:
+            out.append(("openvino", engine))
     return out
 
 
 def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: Path | None = None,
                      labelled: LabelledSplit | None = None, photos: Sequence[Path] = (),
                      backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES,
-                     thresholds: GateThresholds = DEFAULT_THRESHOLDS,
+                     thresholds: GateThresholds = DEFAULT_THRESHOLDS, reference: Engine | None = None,
                      log: Callable[[str], None] = lambda _: None) -> Quantized:
-    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it."""
+    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it against
+    ``reference`` (default: ONNX Runtime on ``parent``)."""
     if labelled is None and not photos:
         raise QuantizeError("the accuracy gate needs a labelled split or photos; none given")
     if parent.meta.precision != "fp32":
@@ -85,17 +88,18 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     target = out or default_out(parent)
     if target.resolve() == parent.path.resolve():
         raise QuantizeError("--out must not be the package being quantized")
-    log(f"calibrating on {len(calibration)} image(s): {calibration.description}")
+    views = f" x {calibration.views} views" if calibration.views > 1 else ""
+    log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
     inputs = calibration.inputs(parent.spec)
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
         onnx_int8 = Path(tmp) / "model.onnx"
         result = quantize_onnx(parent.onnx_path, onnx_int8, inputs, input_name=parent.meta.input_name,
                                backend=backend, fixes=fixes)
         written = write_package(target, onnx_int8, int8_meta(parent, calibration, result))
-    log(f"wrote {written.path} ({result.quantized_nodes} quantize nodes, {result.per_channel_weights} per-channel "
+    log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
         f"weights, float: {', '.join(result.float_nodes) or 'none'})")
     records = []
-    reference = OnnxEngine(parent)
+    reference = reference or OnnxEngine(parent)
     for name, make in engines_to_gate():
         log(f"accuracy gate, {name}: int8 vs fp32")
         record = measure_gate(reference, make(written), labelled=labelled, photos=photos, engine=name,

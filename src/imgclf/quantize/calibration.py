@@ -22,12 +22,13 @@ import numpy.typing as npt
 
 from imgclf.data.dataset import RawDataset, RawSplit, as_rgb_or_gray
 from imgclf.errors import UserError
-from imgclf.images import ImageDecodeError, image_files
+from imgclf.images import ImageDecodeError, decode, image_files
 from imgclf.package import ModelPackage, sha256_file
 from imgclf.pipeline import prepare
-from imgclf.preprocess import PreprocessSpec, preprocess
+from imgclf.preprocess import PreprocessSpec, decode_min_side, normalize, preprocess, resize_and_crop
 
 DEFAULT_SAMPLES = 300
+BUNDLED_VIEWS = 16  # the whole photo and 15 crops of each shipped photo
 
 
 class CalibrationError(UserError, ValueError):
@@ -44,6 +45,11 @@ class CalibrationSet:
     files: tuple[Path, ...] = ()
     root: Path | None = None
     images: npt.NDArray[np.uint8] | None = field(default=None, compare=False)  # (N, H, W, C)
+    views: int = 1  # crops per file: a handful of photos gives ranges too narrow for the photos to come
+
+    def count(self) -> int:
+        """Calibration inputs: images times views."""
+        return len(self) * self.views
 
     def __len__(self) -> int:
         return len(self.files) if self.images is None else len(self.images)
@@ -62,6 +68,8 @@ class CalibrationSet:
             h.update(f"{name}\0{digest}\n".encode())
         out: dict[str, Any] = {"source": self.source, "data": self.description, "count": len(self),
                                "sha256": h.hexdigest()}
+        if self.views > 1:
+            out["views_per_image"] = self.views
         if entries:
             out["files"] = entries
         return out
@@ -71,14 +79,30 @@ class CalibrationSet:
         if self.images is not None:
             return np.stack([preprocess(as_rgb_or_gray(img, spec), spec) for img in self.images])
 
-        def load(path: Path) -> npt.NDArray[np.float32]:
+        def load(path: Path) -> list[npt.NDArray[np.float32]]:
             try:
-                return prepare(path.read_bytes(), spec)
+                if self.views == 1:
+                    return [prepare(path.read_bytes(), spec)]
+                image = decode(path.read_bytes(), min_side=decode_min_side(spec))
             except (ImageDecodeError, OSError) as exc:
                 raise CalibrationError(f"calibration image {path} cannot be read: {exc}") from None
+            return [normalize(resize_and_crop(view, spec), spec) for view in crops(image, self.views)]
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return np.stack(list(pool.map(load, self.files)))
+            return np.stack([x for views in pool.map(load, self.files) for x in views])
+
+
+def crops(image: npt.NDArray[np.uint8], n: int) -> list[npt.NDArray[np.uint8]]:
+    """``n`` views of one photo: the whole photo, then square crops of 80%, 60% and 45% of its
+    shorter side at the centre and the four corners, every other one mirrored."""
+    h, w = image.shape[:2]
+    views = [image]
+    for frac in (0.8, 0.6, 0.45):
+        side = max(8, int(min(h, w) * frac))
+        for y, x in ((h - side) // 2, (w - side) // 2), (0, 0), (0, w - side), (h - side, 0), (h - side, w - side):
+            crop = image[y:y + side, x:x + side]
+            views.append(crop[:, ::-1] if len(views) % 2 else crop)
+    return [np.ascontiguousarray(v) for v in views[:n]]
 
 
 def sample(items: Sequence[Path], n: int, seed: int = 0) -> list[Path]:
@@ -121,4 +145,4 @@ def bundled(package: ModelPackage) -> CalibrationSet:
     del package  # every zoo model calibrates on the same photos
     root = photos_dir()
     return CalibrationSet("bundled photos", "photos shipped with imgclf",
-                          tuple(root / name for name in CALIBRATION), root=root)
+                          tuple(root / name for name in CALIBRATION), root=root, views=BUNDLED_VIEWS)

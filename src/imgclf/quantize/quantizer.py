@@ -12,6 +12,8 @@ which ONNX Runtime and OpenVINO both run as int8):
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -37,13 +39,13 @@ class QuantizeResult:
     backend: str
     fixes: Fixes
     float_nodes: tuple[str, ...]  # weighted nodes left in float
-    quantized_nodes: int  # QuantizeLinear nodes in the written graph
+    int8_tensors: int  # DequantizeLinear nodes in the written graph (weights and activations)
     per_channel_weights: int  # of them, per-channel (an axis and one scale per output channel)
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "fixes": self.fixes.to_dict(), "float_nodes": list(self.float_nodes),
-                "quantize_nodes": self.quantized_nodes, "per_channel_weights": self.per_channel_weights,
-                "weights": "int8, symmetric, per channel", "activations": "int8, symmetric, per tensor"}
+                "int8_tensors": self.int8_tensors, "per_channel_weights": self.per_channel_weights,
+                "weights": "int8, symmetric, per channel", "activations": "int8, symmetric"}
 
 
 def _require(module: str) -> Any:  # noqa: ANN401 - a module
@@ -72,16 +74,15 @@ def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, inpu
             fixes = replace(fixes, bias_correction="none")  # ONNX Runtime's quantizer has none
         _onnxruntime(src, dst, inputs, input_name, keep)
     written = onnx.load(str(dst))
-    q_nodes = [n for n in written.graph.node if n.op_type == "QuantizeLinear"]
+    # Every int8 tensor, weight or activation, is read through a DequantizeLinear; a weight's input
+    # is an int8 initializer, per channel when it has one scale per output channel.
+    dq_nodes = [n for n in written.graph.node if n.op_type == "DequantizeLinear"]
     inits = {i.name: i for i in written.graph.initializer}
-    per_channel = 0
-    for n in q_nodes:
-        scale = inits.get(n.input[1])
-        if n.input[0] in inits and scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
-            per_channel += 1
-    if not q_nodes:
+    per_channel = sum(1 for n in dq_nodes if n.input[0] in inits and n.input[1] in inits
+                      and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1)
+    if not dq_nodes:
         raise QuantizeError(f"{src.name}: the quantizer found nothing to quantize in this graph")
-    return QuantizeResult(backend, fixes, tuple(keep), len(q_nodes), per_channel)
+    return QuantizeResult(backend, fixes, tuple(keep), len(dq_nodes), per_channel)
 
 
 def _batches(inputs: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32]]:
@@ -92,12 +93,17 @@ def _batches(inputs: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32
 def _nncf(model: Any, dst: Path, inputs: npt.NDArray[np.float32], input_name: str,  # noqa: ANN401
           keep: list[str], fixes: Fixes) -> None:
     nncf = _require("nncf")
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lines list every node it skips
     dataset = nncf.Dataset(list(_batches(inputs)), lambda x: {input_name: x})
     advanced = nncf.AdvancedQuantizationParameters(disable_bias_correction=fixes.bias_correction == "none")
-    quantized = nncf.quantize(
-        model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
-        subset_size=len(inputs), fast_bias_correction=fixes.bias_correction != "full",
-        ignored_scope=nncf.IgnoredScope(names=keep) if keep else None, advanced_parameters=advanced)
+    # NNCF draws its progress bars on stdout, which is the command's result stream: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(
+            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
+            subset_size=len(inputs), fast_bias_correction=fixes.bias_correction != "full",
+            ignored_scope=nncf.IgnoredScope(names=keep) if keep else None, advanced_parameters=advanced)
     _require("onnx").save(quantized, str(dst))
 
 
