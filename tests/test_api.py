@@ -152,7 +152,7 @@ def test_predict_files_reports_bad_files_and_classifies_the_rest(clf, sample_jpe
 
 
 def test_engine_choice_is_checked(lite0_package):
-    with pytest.raises(UserError, match="ONNX Runtime, not torch"):
+    with pytest.raises(UserError, match="OpenVINO, not torch"):
         imgclf.load(lite0_package, engine="torch")
     with pytest.raises(UserError, match="engine must be one of"):
         imgclf.load(lite0_package, engine="tensorrt")  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ class SlowEngine:
         self.inner, self.seconds = inner, seconds
         self.labels, self.spec, self.name = inner.labels, inner.spec, "slow"
         self.version, self.output_kind = inner.version, inner.output_kind
+        self.engine_name, self.precision = inner.engine_name, inner.precision
         self.rows_run = 0
         self.armed = threading.Event()  # slow only once the warm-up is over
         self.running = threading.Event()  # set once a slow batch has started

@@ -174,20 +174,26 @@ class Classifier:
 
 
 def load(name_or_package: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None,
-         engine: Runtime = "auto", threads: int | None = None, batch_size: int = 16) -> Classifier:
+         engine: Runtime = "default", precision: str | None = None, threads: int | None = None,
+         batch_size: int = 16) -> Classifier:
     """Load a classifier: a zoo name (see ``imgclf models``), a model package folder or a training
     checkpoint, exactly as ``imgclf predict --model`` takes it.
 
-    ``weights``: a local weights file for a zoo model. ``engine``: ``"auto"`` runs a package on
+    ``weights``: a local weights file for a zoo model. ``engine``: ``"default"`` runs a package on
     ONNX Runtime (torch is not imported) and a zoo name or checkpoint in torch; ``"onnxruntime"``
-    exports a zoo model once into the package cache and runs that; ``"torch"`` insists on torch.
-    ``threads``: ONNX Runtime intra-op threads (default: the CPUs this process may use).
+    or ``"openvino"`` (the ``openvino`` extra) run a package on that engine, exporting a zoo model
+    once into the package cache; ``"auto"`` picks the fastest engine and precision that passed its
+    accuracy gate; ``"torch"`` insists on torch. ``precision``: ``"fp32"``, ``"bf16"``, ``"int8"``
+    (the package's int8 variant from ``imgclf quantize``) or ``"auto"`` (default: ``"auto"`` with
+    ``engine="auto"``, else fp32); see docs/engines.md. ``threads``: the engine's intra-op threads
+    (default: the CPUs this process may use).
     """
     from imgclf import resolve
 
     model = os.fspath(name_or_package)
     weights_arg = os.fspath(weights) if weights is not None else None
-    return Classifier(resolve.load_engine(model, weights=weights_arg, threads=threads, runtime=engine),
+    return Classifier(resolve.load_engine(model, weights=weights_arg, threads=threads, runtime=engine,
+                                          precision=precision),
                       batch_size=batch_size)
 
 

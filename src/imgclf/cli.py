@@ -20,7 +20,7 @@ from imgclf import __version__
 from imgclf.errors import UserError
 
 COMMANDS = ["models", "predict", "export", "import_model", "serve", "train", "evaluate", "experiment", "finetune",
-            "feedback"]
+            "feedback", "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ An :class:`Engine` takes a preprocessed batch ``(N, C, S, S)`` float32 and retur
 scores for the model's ``K`` labels. Implementations live in :mod:`imgclf.engines`:
 :class:`~imgclf.engines.onnxruntime.OnnxEngine` runs a model package on ONNX Runtime (what the
 server uses; no torch) and :class:`~imgclf.engines.torch.TorchEngine` runs an in-memory torch
-model (zoo names and training checkpoints). Whether a model's raw output is logits or
+model (zoo names and training checkpoints); :class:`~imgclf.engines.openvino.OpenVINOEngine` runs a
+package on OpenVINO (the ``openvino`` extra), and :mod:`imgclf.engines.choice` decides which
+engine and precision run a package. Whether a model's raw output is logits or
 probabilities is decided by :func:`to_probabilities` alone.
 """
 
@@ -38,6 +40,16 @@ class Engine(Protocol):
 
     @property
     def labels(self) -> Sequence[str]: ...
+
+    @property
+    def engine_name(self) -> str:
+        """The runtime: ``onnxruntime``, ``openvino`` or ``torch``."""
+        ...
+
+    @property
+    def precision(self) -> str:
+        """What it computes in: ``fp32``, ``bf16`` or ``int8``."""
+        ...
 
     @property
     def spec(self) -> PreprocessSpec:

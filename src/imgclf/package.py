@@ -26,12 +26,17 @@ from imgclf.cache import cache_home
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
 
+# Still 1: ``precision`` and ``gates`` (int8 packages, accuracy gates) are optional keys whose
+# absence means what every earlier package was (fp32, nothing measured), so every package written
+# before loads unchanged, and an older imgclf reading an int8 package runs it as the valid ONNX
+# model it is (it only cannot see the gate records).
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 OutputKind = Literal["logits", "probabilities"]
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class PackageError(UserError, ValueError):
@@ -173,6 +178,52 @@ class Provenance:
                    export_check=dict(rest.pop("export_check", None) or {}), extra=rest)
 
 
+@dataclass(frozen=True)
+class GateRecord:
+    """One accuracy-gate measurement: a candidate (an engine at a precision) against the fp32 model.
+
+    ``top1_reference``/``top1`` are accuracies in percent on a labelled set (``None`` when the set
+    was unlabelled); ``top1_agreement`` and ``top5_overlap`` are percentages on every image
+    measured. ``passed`` is False with ``reason`` saying which threshold was missed.
+    """
+
+    engine: str
+    precision: str
+    passed: bool
+    images: int
+    labelled: bool
+    top1_reference: float | None
+    top1: float | None
+    top1_agreement: float
+    top5_overlap: float
+    data: str
+    reason: str = ""
+    measured_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> GateRecord:  # noqa: ANN401 - any JSON value
+        if not isinstance(d, Mapping):
+            raise PackageError(f"model.json: each of 'gates' must be an object, got {d!r}")
+        try:
+            def opt(key: str) -> float | None:
+                return None if d.get(key) is None else float(d[key])
+
+            precision = str(d["precision"])
+            if precision not in PRECISIONS:
+                raise PackageError(f"model.json: gate precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            return cls(engine=str(d["engine"]), precision=precision, passed=bool(d["passed"]),
+                       images=int(d["images"]), labelled=bool(d.get("labelled", False)),
+                       top1_reference=opt("top1_reference"), top1=opt("top1"),
+                       top1_agreement=float(d["top1_agreement"]), top5_overlap=float(d["top5_overlap"]),
+                       data=str(d.get("data", "")), reason=str(d.get("reason", "")),
+                       measured_at=str(d.get("measured_at", "")))
+        except KeyError as exc:
+            raise PackageError(f"model.json: a gate record has no {exc.args[0]!r}") from None
+
+
 @dataclass
 class PackageMeta:
     name: str
@@ -184,6 +235,12 @@ class PackageMeta:
     output_kind: OutputKind = "logits"
     provenance: Provenance = field(default_factory=Provenance)
     format_version: int = FORMAT_VERSION
+    precision: str = "fp32"  # of the weights and activations in model.onnx: fp32 or int8
+    gates: tuple[GateRecord, ...] = ()
+
+    def gate_for(self, engine: str, precision: str) -> GateRecord | None:
+        """The accuracy-gate record of ``engine`` running this model at ``precision``, if measured."""
+        return next((g for g in self.gates if g.engine == engine and g.precision == precision), None)
 
     def to_dict(self) -> dict[str, Any]:
         size = self.preprocess.input_size
@@ -201,6 +258,10 @@ class PackageMeta:
             },
             "output": {"name": self.output_name, "kind": self.output_kind, "shape": [None, len(self.labels)]},
             "provenance": self.provenance.to_dict(),
+            # Written only when they say something: an fp32 package without gates stays byte-for-byte
+            # what earlier versions wrote.
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
+            **({"gates": [g.to_dict() for g in self.gates]} if self.gates else {}),
         }
 
     @classmethod
@@ -217,6 +278,12 @@ class PackageMeta:
             kind = d["output"].get("kind", "logits")
             if kind not in ("logits", "probabilities"):
                 raise PackageError(f"output kind must be 'logits' or 'probabilities', got {kind!r}")
+            precision = str(d.get("precision") or "fp32")
+            if precision not in ("fp32", "int8"):
+                raise PackageError(f"'precision' must be 'fp32' or 'int8', got {precision!r}")
+            gates = d.get("gates", [])
+            if not isinstance(gates, list):
+                raise PackageError("'gates' must be a list of gate records")
             return cls(
                 name=check_name(d["name"]),
                 version=str(d.get("version", "1")),
@@ -227,6 +294,8 @@ class PackageMeta:
                 output_kind=kind,
                 provenance=Provenance.from_dict(_object(d.get("provenance") or {}, "provenance")),
                 format_version=version,
+                precision=precision,
+                gates=tuple(GateRecord.from_dict(g) for g in gates),
             )
         except PackageError:
             raise

@@ -2,12 +2,14 @@
 
 A model argument is one of:
 
-* a **model package** directory (``model.json`` + ``model.onnx``): runs on ONNX Runtime, no torch;
+* a **model package** directory (``model.json`` + ``model.onnx``): runs on ONNX Runtime or
+  OpenVINO at the precision asked for (:mod:`imgclf.engines.choice`), no torch;
 * a **training checkpoint** file (``last.pt``/``best.pt`` of ``imgclf train``): runs in torch;
 * a **Keras model file** (``.h5``/``.keras``): imported once into the package cache
   (:mod:`imgclf.importers`), then served like a package;
 * a **zoo name** (``imgclf models``): runs in torch, or is exported once into the package cache
-  when a package is needed (the server, ``engine="onnxruntime"``);
+  when a package is needed (the server, ``engine="onnxruntime"``/``"openvino"``/``"auto"``, or a
+  precision other than fp32);
 * with a server's model directory, the name of a package in it.
 
 :func:`locate` only looks at the filesystem (no torch, nothing loaded); :func:`open_model` and
@@ -30,13 +32,16 @@ from imgclf.package import ModelPackage, PackageError, cache_dir, is_package_dir
 
 if TYPE_CHECKING:
     from imgclf.engine import Engine
+    from imgclf.engines.choice import EngineChoice
     from imgclf.zoo.registry import ZooEntry
 
 ModelKind = Literal["package", "checkpoint", "keras", "zoo"]
-# Which runtime runs the model: "auto" is ONNX Runtime for packages and torch for zoo names and
-# checkpoints (no export step before the first answer).
-Runtime = Literal["auto", "onnxruntime", "torch"]
-RUNTIMES: tuple[Runtime, ...] = ("auto", "onnxruntime", "torch")
+# Which runtime runs the model. "default": ONNX Runtime for packages, torch for zoo names and
+# checkpoints (no export step before the first answer); "auto": the fastest package engine and
+# precision that passed its accuracy gate (imgclf.engines.choice); the others insist on one.
+Runtime = Literal["default", "auto", "onnxruntime", "openvino", "torch"]
+RUNTIMES: tuple[Runtime, ...] = ("default", "auto", "onnxruntime", "openvino", "torch")
+PACKAGE_RUNTIMES = ("auto", "onnxruntime", "openvino")  # the ones that run a package
 
 
 KIND_WORDS: dict[ModelKind, str] = {"package": "package directory", "checkpoint": "checkpoint",
@@ -58,8 +63,9 @@ class LoadedModel:
 
     ref: ModelRef
     engine: Engine
-    package: ModelPackage | None = None  # set when the engine runs a package
+    package: ModelPackage | None = None  # set when the engine runs a package (the fp32 one asked for)
     checkpoint_meta: Mapping[str, Any] | None = None  # the ``meta`` of a training checkpoint
+    choice: EngineChoice | None = None  # the engine and precision chosen for a package, and why
 
 
 def looks_like_path(arg: str) -> bool:
@@ -104,43 +110,65 @@ def zoo_entry(name: str) -> ZooEntry:
 
 
 def open_model(arg: str, *, weights: str | None = None, threads: int | None = None,
-               runtime: Runtime = "auto", model_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
-    """Load ``arg`` (see the module docstring) as an engine on ``runtime``."""
+               runtime: Runtime = "default", precision: str | None = None,
+               model_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load ``arg`` (see the module docstring) as an engine on ``runtime`` at ``precision``
+    (``None``: ``auto`` when ``runtime`` is ``auto``, else fp32)."""
+    from imgclf.engines.choice import PRECISION_ARGS
+
     if runtime not in RUNTIMES:
         raise UserError(f"engine must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if precision is not None and precision not in PRECISION_ARGS:
+        raise UserError(f"precision must be one of {', '.join(PRECISION_ARGS)}, got {precision!r}")
     ref = locate(arg, model_dir=model_dir)
     if weights and ref.kind != "zoo":
         raise UserError(f"--weights applies to zoo models, not to a {KIND_WORDS[ref.kind]}")
+    # A package runtime or a precision other than fp32 needs a package (zoo names are exported once).
+    needs_package = runtime in PACKAGE_RUNTIMES or precision not in (None, "fp32")
+    if runtime == "torch" and precision not in (None, "fp32"):
+        raise UserError(f"torch runs models at fp32 here; --precision {precision} runs a package "
+                        "on --engine onnxruntime, openvino or auto")
     if ref.kind == "keras":
         if runtime == "torch":
             raise UserError(f"{arg} is a Keras model file, which is imported into a package for ONNX Runtime, "
                             "not run in torch")
-        return _package_model(ref, ensure_package(arg), threads)
+        return _package_model(ref, ensure_package(arg), runtime, precision, threads)
     if ref.kind == "package":
         if runtime == "torch":
-            raise UserError(f"{arg} is a model package, which runs on ONNX Runtime, not torch")
+            raise UserError(f"{arg} is a model package, which runs on ONNX Runtime or OpenVINO, not torch")
         assert ref.path is not None
-        return _package_model(ref, load_package(resolve_package(ref.path)), threads)
+        return _package_model(ref, load_package(resolve_package(ref.path)), runtime, precision, threads)
     if ref.kind == "checkpoint":
-        if runtime == "onnxruntime":
-            raise UserError(f"{arg} is a training checkpoint, which runs in torch; its run's package/ "
-                            "folder runs on ONNX Runtime")
+        if needs_package:
+            raise UserError(f"{arg} is a training checkpoint, which runs in torch at fp32; its run's package/ "
+                            "folder runs on ONNX Runtime or OpenVINO")
         return _checkpoint_model(ref)
-    if runtime == "onnxruntime":
-        return _package_model(ref, ensure_package(arg, weights=weights), threads)
+    if needs_package:
+        return _package_model(ref, ensure_package(arg, weights=weights), runtime, precision, threads)
     return LoadedModel(ref, _zoo_engine(arg, weights))
 
 
 def load_engine(model: str, *, weights: str | None = None, threads: int | None = None,
-                runtime: Runtime = "auto") -> Engine:
-    """The engine of :func:`open_model`: a package on ONNX Runtime, a zoo name or checkpoint in torch."""
-    return open_model(model, weights=weights, threads=threads, runtime=runtime).engine
+                runtime: Runtime = "default", precision: str | None = None) -> Engine:
+    """The engine of :func:`open_model`: a package on ONNX Runtime or OpenVINO, a zoo name or
+    checkpoint in torch."""
+    return open_model(model, weights=weights, threads=threads, runtime=runtime, precision=precision).engine
 
 
-def _package_model(ref: ModelRef, package: ModelPackage, threads: int | None) -> LoadedModel:
-    from imgclf.engines.onnxruntime import OnnxEngine
+def package_engine_args(runtime: str, precision: str | None) -> tuple[str, str]:
+    """``--engine``/``--precision`` as given -> what :func:`imgclf.engines.choice.choose` takes
+    for a package: the default engine is ONNX Runtime at fp32, or the fastest engine at a precision
+    asked for; the default precision is ``auto`` with ``--engine auto``, else fp32."""
+    engine = runtime if runtime in PACKAGE_RUNTIMES else ("onnxruntime" if precision in (None, "fp32") else "auto")
+    return engine, precision or ("auto" if engine == "auto" else "fp32")
 
-    return LoadedModel(ref, OnnxEngine(package, threads=threads), package=package)
+
+def _package_model(ref: ModelRef, package: ModelPackage, runtime: str, precision: str | None,
+                   threads: int | None) -> LoadedModel:
+    from imgclf.engines.choice import open_engine
+
+    engine, choice = open_engine(package, *package_engine_args(runtime, precision), threads=threads)
+    return LoadedModel(ref, engine, package=package, choice=choice)
 
 
 def _zoo_engine(name: str, weights: str | None) -> Engine:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of that split (default: as in training)")
     p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png, or with two models "
                                  "compare.json (default: eval-MODELNAME, compare-NAME)")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "openvino", "torch"], default=None,
+                   help="runtime (as in 'imgclf predict'; default: ONNX Runtime for packages, torch for "
+                        "zoo names and checkpoints)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+                   help="fp32, bf16, int8 or auto (default: auto with --engine auto, else fp32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decode threads")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -69,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if len(args.data) > 1:
         raise UserError("several --data need two models to compare; evaluate one dataset at a time")
     args.data = args.data[0] if args.data else None
-    loaded = open_model(args.model[0])
+    loaded = open_model(args.model[0], runtime=args.engine or "default", precision=args.precision)
     engine = loaded.engine
+    if loaded.choice is not None and (args.engine or args.precision):
+        print(f"imgclf: engine {loaded.choice.describe()}", file=sys.stderr)
     trained_fraction, trained_seed = split_defaults(loaded)
     val_fraction = args.val_fraction if args.val_fraction is not None else trained_fraction
     seed = args.seed if args.seed is not None else trained_seed

@@ -1,4 +1,5 @@
-"""``imgclf predict``: a thin wrapper over :func:`imgclf.load` and :meth:`Classifier.predict_files`."""
+"""``imgclf predict``: a thin wrapper over :func:`imgclf.resolve.open_model` (what :func:`imgclf.load`
+calls) and :meth:`Classifier.predict_files`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoo model name, package directory or Keras model file (.h5/.keras) "
                         "(default: efficientnet_lite0)")
     p.add_argument("--weights", metavar="FILE", help="local weights for a zoo model (.pth, .safetensors, .h5)")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "openvino", "torch"], default=None,
+                   help="runtime: onnxruntime, openvino (the openvino extra) or auto (the fastest that passed its "
+                        "accuracy gate); a zoo name is then exported once into the package cache. "
+                        "Default: ONNX Runtime for packages, torch for zoo names and checkpoints")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+                   help="fp32, bf16 (OpenVINO on CPUs with bf16), int8 (the package's int8/ variant from "
+                        "'imgclf quantize') or auto (default: auto with --engine auto, else fp32)")
     p.add_argument("--top-k", "-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -40,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     bulk.validate(args)
     if args.ray:
         return bulk.run(args)
-    from imgclf.classifier import load
+    from imgclf.classifier import Classifier
     from imgclf.pipeline import expand_paths
+    from imgclf.resolve import open_model
     from imgclf.zoo.registry import DEFAULT_MODEL
 
     if args.top_k < 1:
@@ -51,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     files = expand_paths(args.images)
     if not files:
         raise UserError("no image files found in " + ", ".join(args.images))
-    classifier = load(args.model or DEFAULT_MODEL, weights=args.weights, batch_size=args.batch_size)
+    loaded = open_model(args.model or DEFAULT_MODEL, weights=args.weights, runtime=args.engine or "default",
+                        precision=args.precision)
+    if loaded.choice is not None and (args.engine or args.precision):
+        print(f"imgclf: engine {loaded.choice.describe()}", file=sys.stderr)
+    classifier = Classifier(loaded.engine, batch_size=args.batch_size)
     results = classifier.predict_files(files, k=args.top_k, progress=False if args.no_progress else None)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

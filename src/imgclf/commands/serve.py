@@ -37,8 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-request timeout in seconds: 408 for a body, 504 for inference (default 30)")
     p.add_argument("--workers-threads", "--decode-threads", dest="decode_threads", type=int, default=None,
                    metavar="N", help="threads that decode and preprocess images (default: the CPU count)")
-    p.add_argument("--ort-threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads per model (default: the CPU count)")
+    p.add_argument("--ort-threads", "--engine-threads", dest="ort_threads", type=int, default=None, metavar="N",
+                   help="engine intra-op threads per model, ONNX Runtime or OpenVINO (default: the CPU count)")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "openvino"], default="onnxruntime",
+                   help="runtime of every model: onnxruntime (default), openvino (the openvino extra) or auto "
+                        "(per model, the fastest that passed its accuracy gate)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+                   help="fp32, bf16 (OpenVINO on CPUs with bf16), int8 (each package's int8/ variant from "
+                        "'imgclf quantize') or auto (default: auto with --engine auto, else fp32)")
     p.add_argument("--api-key", default=os.environ.get("IMGCLF_API_KEY"),
                    help="key the management API (load/unload models) requires (default: $IMGCLF_API_KEY); without one, management is off (403)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgclf.model_store import resolve_package
+    from imgclf.engines.choice import precheck
     from imgclf.package import load_package
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
@@ -138,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--shutdown-delay and --graceful-timeout must not be negative")
     feedback = _feedback_settings(args)
     paths = package_dirs(args.model, args.model_dir)
+    precision = args.precision or ("auto" if args.engine == "auto" else "fp32")
     for path in paths:
-        load_package(resolve_package(path))  # a broken package stops here with a clear message, before listening
+        # A broken package, or an engine/precision it cannot run here, stops here before listening.
+        precheck(load_package(resolve_package(path)), args.engine, precision)
     try:
         config = ServerConfig(
             models=tuple(str(p) for p in paths),
@@ -150,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
             queue_size=args.queue_size,
             request_timeout_s=args.timeout,
             ort_threads=args.ort_threads,
+            engine=args.engine,
+            precision=args.precision,
             api_key=args.api_key or None,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             max_images_per_request=args.max_images,

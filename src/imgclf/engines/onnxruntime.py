@@ -29,6 +29,8 @@ def default_threads() -> int:
 class OnnxEngine(LogitsEngine):
     """ONNX Runtime session over a model package, validated against its metadata at load."""
 
+    engine_name = "onnxruntime"
+
     def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
         import onnxruntime as ort  # imported here: ``import imgclf.engine`` stays cheap
 
@@ -36,6 +38,7 @@ class OnnxEngine(LogitsEngine):
         self.package = package
         self.name: str = package.name
         self.version: str = meta.version
+        self.precision: str = meta.precision  # an int8 package runs ONNX Runtime's int8 kernels
         self.labels: list[str] = list(package.labels)
         self.spec: PreprocessSpec = package.spec
         self.output_kind: OutputKind = meta.output_kind
@@ -46,6 +49,7 @@ class OnnxEngine(LogitsEngine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads burn the cores the HTTP and decode threads need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3  # errors only: int8 (QDQ) graphs log a warning per unused constant
         try:
             self.session: onnxruntime.InferenceSession = ort.InferenceSession(
                 str(package.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]

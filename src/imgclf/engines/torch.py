@@ -14,6 +14,9 @@ from imgclf.preprocess import PreprocessSpec
 
 
 class TorchEngine(LogitsEngine):
+    engine_name = "torch"
+    precision = "fp32"
+
     def __init__(self, model: torch.nn.Module, *, name: str, labels: Iterable[str], spec: PreprocessSpec,
                  version: str = "1", output_kind: OutputKind = "logits") -> None:
         self.model = model.eval()

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from imgclf.engine import default_threads
+from imgclf.engines.choice import ENGINE_ARGS, PRECISION_ARGS
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
@@ -54,8 +55,11 @@ class ServerConfig:
     request_timeout_s: float = 30.0
     # Threads that decode and preprocess uploads (PIL and numpy release the GIL).
     decode_threads: int = field(default_factory=default_threads)
-    # ONNX Runtime intra-op threads per model (None: the CPUs this process may use).
+    # Engine intra-op threads per model, ONNX Runtime or OpenVINO (None: the CPUs this process may use).
     ort_threads: int | None = None
+    # Which engine and precision run each model (imgclf.engines.choice; "auto" is decided per model).
+    engine: str = "onnxruntime"
+    precision: str | None = None  # None: "auto" with engine "auto", else fp32
     api_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_images_per_request: int = 64
@@ -80,6 +84,11 @@ class ServerConfig:
             (self.max_body_bytes >= 1, "max_body_bytes must be positive"),
             (self.max_images_per_request >= 1, "max_images_per_request must be at least 1"),
             (self.api_key is None or len(self.api_key) > 0, "the API key must not be empty"),
+        ]
+        checks += [
+            (self.engine in ENGINE_ARGS, f"engine must be one of {', '.join(ENGINE_ARGS)}"),
+            (self.precision is None or self.precision in PRECISION_ARGS,
+             f"precision must be one of {', '.join(PRECISION_ARGS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -74,11 +74,16 @@ class Metrics:
         self.throughput = _Throughput()
         r.register(self.throughput)
         self._depths: Callable[[], dict[str, int]] = dict
+        self._engines: Callable[[], dict[str, tuple[str, str]]] = dict
         r.register(_Collector(self._collect_models))
 
     def watch_queues(self, depths: Callable[[], dict[str, int]]) -> None:
         """``depths()`` gives the loaded models and their queue depths at scrape time."""
         self._depths = depths
+
+    def watch_engines(self, engines: Callable[[], dict[str, tuple[str, str]]]) -> None:
+        """``engines()`` gives each loaded model's (engine, precision) at scrape time."""
+        self._engines = engines
 
     def _collect_models(self) -> Iterator[Metric]:
         depths = self._depths()
@@ -89,6 +94,11 @@ class Metrics:
         for model, depth in depths.items():
             g.add_metric([model], depth)
         yield g
+        info = GaugeMetricFamily("imgclf_model_engine_info", "The engine and precision each model runs on (always 1)",
+                                 labels=["model", "engine", "precision"])
+        for model, (engine, precision) in self._engines().items():
+            info.add_metric([model, engine, precision], 1)
+        yield info
 
     def on_batch(self, model: str, version: str = "") -> Callable[[int, list[float], float], None]:
         """The batcher's callback for one loaded version of ``model``."""

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.engine import Engine, OutputKind
-from imgclf.engines.onnxruntime import OnnxEngine
+from imgclf.engines.choice import EngineChoice, open_engine
+from imgclf.errors import UserError
 from imgclf.model_store import ModelStore, StoreError
 from imgclf.package import ModelPackage, PackageError, check_name, load_package
 from imgclf.preprocess import PreprocessSpec
@@ -41,6 +42,7 @@ class ServedModel:
     engine: Engine
     batcher: MicroBatcher
     package: ModelPackage | None = None
+    choice: EngineChoice | None = None  # why this engine and precision (packages loaded by the server)
     loaded_at: float = field(default_factory=time.time)
     store_version: str | None = None  # its version folder's name, for a model from a version store
 
@@ -79,6 +81,8 @@ class ModelRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stamps: dict[str, tuple[int, ...]] = {}  # store name -> versions.json stamp last acted on
         metrics.watch_queues(lambda: {n: m.batcher.depth for n, m in list(self.models.items())})
+        metrics.watch_engines(lambda: {n: (m.engine.engine_name, m.engine.precision)
+                                       for n, m in list(self.models.items())})
 
     # -- lookup ---------------------------------------------------------------------------
     @property
@@ -157,18 +161,21 @@ class ModelRegistry:
         return MicroBatcher(engine.logits, name=name, max_batch_size=c.max_batch_size, max_delay_ms=c.max_delay_ms,
                             queue_size=c.queue_size, on_batch=self.metrics.on_batch(name, version))
 
-    async def _build(self, path: Path, name: str) -> tuple[ModelPackage, Engine]:
-        def build() -> tuple[ModelPackage, Engine]:
+    async def _build(self, path: Path, name: str) -> tuple[ModelPackage, Engine, EngineChoice]:
+        c = self.config
+
+        def build() -> tuple[ModelPackage, Engine, EngineChoice]:
             package = load_package(path)
-            engine = OnnxEngine(package, threads=self.config.ort_threads)
+            precision = c.precision or ("auto" if c.engine == "auto" else "fp32")
+            engine, choice = open_engine(package, c.engine, precision, threads=c.ort_threads)
             self._warm_up(engine)
-            return package, engine
+            return package, engine, choice
 
         try:
             return await asyncio.to_thread(build)
-        except PackageError as exc:
+        except UserError as exc:  # a broken package, or an engine/precision it cannot run here
             self.failures[name] = str(exc)
-            raise
+            raise PackageError(str(exc)) from None
 
     async def load_package_dir(self, path: str | Path, *, name: str | None = None) -> ServedModel:
         """Load a package (or a version store folder), warm it up, then (re)place the model of that
@@ -178,27 +185,28 @@ class ModelRegistry:
         store = ModelStore(p)
         if not store.is_plain() and store.exists():
             return await self.follow_store(name or p.resolve().name, store)
-        package, engine = await self._build(p, name or p.name)
+        package, engine, choice = await self._build(p, name or p.name)
         if name is None:
             # In the model directory a package is known by its folder's name (what load/unload use).
             name = p.resolve().name if inside else package.name
-        return await self.add_engine(engine, name=name, package=package, warm=False)
+        return await self.add_engine(engine, name=name, package=package, choice=choice, warm=False)
 
     async def add_engine(self, engine: Engine, *, name: str, package: ModelPackage | None = None,
-                         version: str | None = None, make_default: bool = True, warm: bool = True) -> ServedModel:
+                         choice: EngineChoice | None = None, version: str | None = None, make_default: bool = True,
+                         warm: bool = True) -> ServedModel:
         """Serve an engine under ``name`` (used for packages, and by embedding code and tests)."""
         check_name(name)
         async with self._lock(name):
-            return await self._add(engine, name=name, package=package, version=version,
+            return await self._add(engine, name=name, package=package, choice=choice, version=version,
                                    make_default=make_default, warm=warm)
 
     async def _add(self, engine: Engine, *, name: str, package: ModelPackage | None, version: str | None,
-                   make_default: bool, warm: bool) -> ServedModel:
+                   make_default: bool, warm: bool, choice: EngineChoice | None = None) -> ServedModel:
         if warm:
             await asyncio.to_thread(self._warm_up, engine)
         version = version or engine.version
         model = ServedModel(name=name, engine=engine, batcher=self._batcher(name, version, engine), package=package,
-                            store_version=version)
+                            choice=choice, store_version=version)
         model.batcher.start()
         versions = self.loaded.setdefault(name, {})
         same = versions.get(version)  # this version, loaded before: replaced by the new load
@@ -216,7 +224,8 @@ class ModelRegistry:
             retired.append(before)
         for old in retired:
             await old.batcher.stop()  # queued requests finish first
-        log.info("model %s v%s ready (%d classes)", name, version, len(engine.labels))
+        how = choice.describe() if choice is not None else f"{engine.engine_name} {engine.precision}"
+        log.info("model %s v%s ready (%d classes) on %s", name, version, len(engine.labels), how)
         return model
 
     def _warm_up(self, engine: Engine) -> None:
@@ -263,8 +272,8 @@ class ModelRegistry:
             current = self.loaded.get(name, {})
             for version in keep:
                 if version not in current:
-                    package, engine = await self._build(store.path(version), name)
-                    await self._add(engine, name=name, package=package, version=version, make_default=False,
+                    package, engine, choice = await self._build(store.path(version), name)
+                    await self._add(engine, name=name, package=package, choice=choice, version=version, make_default=False,
                                     warm=False)
             versions = self.loaded[name]
             if self.models.get(name) is not versions[default]:
@@ -325,12 +334,13 @@ class ModelRegistry:
         if version in self.loaded.get(name, {}):
             return
         try:
-            package, engine = await self._build(path, name)
+            package, engine, choice = await self._build(path, name)
         except PackageError as exc:
             raise ApiError(422, "invalid_package", str(exc)) from None
         self.stores[name] = store
         async with self._lock(name):
-            await self._add(engine, name=name, package=package, version=version, make_default=False, warm=False)
+            await self._add(engine, name=name, package=package, choice=choice, version=version, make_default=False,
+                            warm=False)
 
     def _versioned(self, name: str) -> ModelStore:
         store = self.store(name)

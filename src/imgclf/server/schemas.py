@@ -59,6 +59,9 @@ class ModelInfo(BaseModel):
     labels: list[str]
     preprocess: dict[str, Any]
     output_kind: Literal["logits", "probabilities"]
+    engine: str = Field(description="The runtime: onnxruntime or openvino")
+    precision: str = Field(description="What the model computes in: fp32, bf16 or int8")
+    engine_reason: str = Field(description="Why this engine and precision (what --engine auto decided)")
     provenance: dict[str, Any]
     batching: Batching
     loaded_at: str
@@ -70,6 +73,8 @@ class ModelInfo(BaseModel):
             name=model.name, version=model.version, ready=True, num_classes=len(model.labels),
             labels=list(model.labels), preprocess=model.spec.to_dict(),
             output_kind="probabilities" if model.output_kind == "probabilities" else "logits",
+            engine=model.engine.engine_name, precision=model.engine.precision,
+            engine_reason=model.choice.reason if model.choice is not None else "given by the embedding code",
             provenance=meta.provenance.to_dict() if meta is not None else {},
             batching=Batching(max_batch_size=model.batcher.max_batch_size,
                               max_delay_ms=model.batcher.max_delay_s * 1000.0,

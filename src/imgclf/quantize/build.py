@@ -1,0 +1,119 @@
+"""Quantize a package: calibrate, write the int8 package, measure its accuracy gate, record it.
+
+The int8 package is a full package (same labels, preprocessing, input and output names) whose
+``model.json`` says ``"precision": "int8"`` and whose provenance names its parent (name, version,
+ONNX sha256), the calibration manifest and the quantization settings. Its gate records (one per
+engine that ran it) are written into the same ``model.json``. A package that misses its gate is
+written all the same, marked ``"passed": false`` with the reason; ``auto`` never serves it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from imgclf.engine import Engine, OnnxEngine
+from imgclf.evaluation.gate import (
+    DEFAULT_THRESHOLDS,
+    GateThresholds,
+    LabelledSplit,
+    measure_gate,
+    record_gate,
+)
+from imgclf.package import GateRecord, ModelPackage, PackageMeta, load_package, write_package
+from imgclf.quantize.calibration import CalibrationSet
+from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
+from imgclf.quantize.quantizer import QuantizeError, QuantizeResult, quantize_onnx
+
+INT8_DIR = "int8"
+
+
+@dataclass(frozen=True)
+class Quantized:
+    package: ModelPackage
+    result: QuantizeResult
+    gates: tuple[GateRecord, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gates) and all(g.passed for g in self.gates)
+
+
+def default_out(package: ModelPackage) -> Path:
+    """The int8 package nests in its parent: ``PACKAGE/int8``."""
+    return package.path / INT8_DIR
+
+
+def int8_meta(parent: ModelPackage, calibration: CalibrationSet, result: QuantizeResult) -> PackageMeta:
+    """The int8 package's metadata: the parent's (task and lineage unchanged: it is the same model),
+    at int8, with the fp32 package it was made from, the calibration manifest and the settings."""
+    meta = parent.meta
+    prov = meta.provenance
+    return replace(meta, precision="int8", gates=(), provenance=replace(
+        prov, created=None, imgclf_version=None, onnx_sha256=None,
+        extra={**dict(prov.extra),
+               "quantized_from": {"name": meta.name, "version": meta.version, "onnx_sha256": prov.onnx_sha256},
+               "quantization": result.to_dict(), "calibration": calibration.manifest()}))
+
+
+def engines_to_gate() -> list[tuple[str, Callable[[ModelPackage], Engine]]]:
+    """ONNX Runtime always; OpenVINO too when its engine is installed (records are per engine)."""
+    out: list[tuple[str, Callable[[ModelPackage], Engine]]] = [("onnxruntime", OnnxEngine)]
+    if importlib.util.find_spec("openvino") is not None:
+        try:
+            ov = importlib.import_module("imgclf.engines.openvino")
+        except ImportError:  # this imgclf has no OpenVINO engine
+            ov = None
+        engine = getattr(ov, "OpenVINOEngine", None) or getattr(ov, "OpenVinoEngine", None)
+        if engine is not None:
+            out.append(("openvino", engine))
+    return out
+
+
+def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: Path | None = None,
+                     labelled: LabelledSplit | None = None, photos: Sequence[Path] = (),
+                     backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES,
+                     thresholds: GateThresholds = DEFAULT_THRESHOLDS, reference: Engine | None = None,
+                     log: Callable[[str], None] = lambda _: None) -> Quantized:
+    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it against
+    ``reference`` (default: ONNX Runtime on ``parent``)."""
+    if labelled is None and not photos:
+        raise QuantizeError("the accuracy gate needs a labelled split or photos; none given")
+    if parent.meta.precision != "fp32":
+        raise QuantizeError(f"{parent.path} is already {parent.meta.precision}; quantize the fp32 package")
+    target = out or default_out(parent)
+    if target.resolve() == parent.path.resolve():
+        raise QuantizeError("--out must not be the package being quantized")
+    views = f" x {calibration.views} views" if calibration.views > 1 else ""
+    log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
+    inputs = calibration.inputs(parent.spec)
+    with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
+        onnx_int8 = Path(tmp) / "model.onnx"
+        result = quantize_onnx(parent.onnx_path, onnx_int8, inputs, input_name=parent.meta.input_name,
+                               backend=backend, fixes=fixes)
+        written = write_package(target, onnx_int8, int8_meta(parent, calibration, result))
+    log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
+        f"weights, float: {', '.join(result.float_nodes) or 'none'})")
+    records = []
+    reference = reference or OnnxEngine(parent)
+    for name, make in engines_to_gate():
+        log(f"accuracy gate, {name}: int8 vs fp32")
+        record = measure_gate(reference, make(written), labelled=labelled, photos=photos, engine=name,
+                              precision="int8", thresholds=thresholds)
+        record_gate(written.path, record)
+        records.append(record)
+    return Quantized(load_package(written.path), result, tuple(records))
+
+
+def describe_gate(record: GateRecord) -> str:
+    """One line per record for the terminal."""
+    figures = f"top-1 agreement {record.top1_agreement:.2f}%, top-5 overlap {record.top5_overlap:.2f}%"
+    if record.top1 is not None and record.top1_reference is not None:
+        figures = f"top-1 {record.top1:.2f}% (fp32 {record.top1_reference:.2f}%), " + figures
+    verdict = "passed" if record.passed else f"FAILED: {record.reason}"
+    return f"gate {record.engine} int8 on {record.images} images: {figures}: {verdict}"
+
