@@ -1,7 +1,7 @@
 """Phone-size photos against a small one: HTTP latency and throughput, and decode+preprocess in-process.
 
     python benchmarks/large_photos.py PACKAGE_DIR [--source PHOTO] [--files SMALL 12MP 24MP]
-                                      [--grain SIGMA] [--requests 100] [--seconds 10]
+                                      [--grain SIGMA] [--requests 100] [--seconds 10] [--stages]
 
 ``imgclf serve PACKAGE_DIR`` starts on a free local port; three JPEGs (made from ``--source``, default
 the sample photo of a cat: 500x375, 12 MP 4000x3000 and 24 MP 6000x4000, quality 90; or your own
@@ -15,6 +15,11 @@ sensor-like noise to the enlarged ones (a 12 MP file then weighs ~2.7 MB, as a p
    one pipeline (scaled JPEG decode), and a bare decode at 1/8 scale: the floor of any JPEG decode,
    since the entropy decoding reads every coefficient whatever the scale; medians of ``--repeat`` runs.
 The server is stopped at the end. Prints a Markdown report.
+
+``--stages`` measures in-process only, with no server: each stage of the pipeline (scaled decode,
+the exact resize against the crop-window resize of the reduced decode, normalisation) and the bare
+1/8-scale decode, as min / median ms of ``--repeat`` runs (the min is the figure least moved by
+other work on the machine), plus the model's inference on one image.
 """
 
 from __future__ import annotations
@@ -130,6 +135,54 @@ def in_process(package: str, files: dict[str, bytes], repeat: int) -> dict[str, 
     return out
 
 
+def stages(package: str, files: dict[str, bytes], repeat: int) -> None:
+    """Min / median ms of each pipeline stage, in-process."""
+    from PIL import Image
+
+    from imgclf.engine import OnnxEngine
+    from imgclf.images import decode_scaled
+    from imgclf.package import load_package
+    from imgclf.pipeline import prepare
+    from imgclf.preprocess import decode_min_side, normalize, resize_and_crop
+
+    pkg = load_package(package)
+    spec, engine = pkg.spec, OnnxEngine(pkg)
+    x = prepare(files["500x375"], spec)[None]
+    infer = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        engine.probabilities(x)
+        infer.append(time.perf_counter() - t0)
+
+    def ms(v: list[float]) -> str:
+        return f"{min(v) * 1000:.1f} / {statistics.median(v) * 1000:.1f}"
+
+    print(f"## Pipeline stages in-process, min / median ms of {repeat}: inference of one image {ms(infer)}\n")
+    print("| photo | decoded to | decode | exact resize | crop-window resize | normalise | 1/8-scale decode |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, data in files.items():
+        t: dict[str, list[float]] = {k: [] for k in ("decode", "exact", "window", "norm", "floor")}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            img = decode_scaled(data, min_side=decode_min_side(spec))
+            t1 = time.perf_counter()
+            resize_and_crop(img.pixels, spec)
+            t2 = time.perf_counter()
+            px = resize_and_crop(img.pixels, spec, exact=False)
+            t3 = time.perf_counter()
+            normalize(px, spec)
+            t4 = time.perf_counter()
+            bare = Image.open(io.BytesIO(data))
+            bare.draft(None, (bare.width // 8, bare.height // 8))
+            bare.load()
+            t5 = time.perf_counter()
+            for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                t[key].append(dt)
+        h, w = img.pixels.shape[:2]
+        print(f"| {name} | {w}x{h} | {ms(t['decode'])} | {ms(t['exact'])} | {ms(t['window'])} | {ms(t['norm'])} | "
+              f"{ms(t['floor'])} |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("package", help="model package directory (model.onnx + model.json)")
@@ -140,12 +193,16 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100, help="measured requests per size and level (default 100)")
     ap.add_argument("--seconds", type=float, default=10.0, help="time limit per size and level (default 10)")
     ap.add_argument("--repeat", type=int, default=15, help="in-process repetitions (default 15)")
+    ap.add_argument("--stages", action="store_true", help="only time each pipeline stage in-process (no server)")
     args = ap.parse_args()
 
     if args.files:
         files = {name: Path(f).read_bytes() for name, f in zip(SIZES, args.files, strict=True)}
     else:
         files = make_files(args.source, args.grain)
+    if args.stages:
+        stages(args.package, files, args.repeat)
+        return 0
     server = Server(args.package)
     try:
         path = f"/v1/models/{server.default_model()}/predict?top_k=5"
