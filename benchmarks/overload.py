@@ -15,6 +15,11 @@ Then the stall check: while hostile bodies are sent (19 MB of empty V2 binary el
 JSON zeros, a 15 MB base64 image), a probe asks ``/v2/health/live`` every 10 ms; the report gives
 the probe's worst latency against its worst with no hostile traffic.
 
+``--trivial-429 N``: instead, the same load generator against a bare uvicorn app (uvloop, httptools,
+as ``imgclf serve``) that answers every request 429 at once, with N threads burning both cores in
+its process as decoding and ONNX Runtime do in a saturated server: the 429 latency this machine and
+this client give with no imgclf code on the path (run it with 0 and 2).
+
 Every level is bounded in time. Prints a Markdown report.
 """
 
@@ -129,6 +134,58 @@ async def _load(port: int, path: str, images: list[bytes], concurrency: int, sec
     return {"ok": ok, "refused": refused, "failures": failures, "other": other_statuses, "seconds": seconds}
 
 
+TRIVIAL_429_APP = """
+import sys, threading
+import numpy as np, uvicorn
+
+def burn():
+    a = np.ones((192, 192), np.float32)
+    while True:
+        a @ a  # releases the GIL, as ONNX Runtime and the decoders do
+
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=burn, daemon=True).start()
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"), (b"retry-after", b"1"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off")
+"""
+
+
+class TrivialServer:
+    """A bare uvicorn app answering 429 to everything, with ``burners`` CPU-bound threads beside it."""
+
+    def __init__(self, burners: int) -> None:
+        import socket
+        import subprocess
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", TRIVIAL_429_APP, str(self.port), str(burners)], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1)
+            except urllib.error.HTTPError:
+                return  # the 429: it is up
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        sys.exit("the trivial 429 server did not start")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def run_load(*args) -> dict:  # noqa: ANN002
     """The load generator in its own process, so its CPU time never counts as the server's."""
     return run_in_process(_load, *args)
@@ -208,7 +265,11 @@ def main() -> int:
     ap.add_argument("--ignore-retry-after", action="store_true", help="retry a 429 at once")
     ap.add_argument("--stall-seconds", type=float, default=8.0, help="length of the stall check (0: skip)")
     ap.add_argument("--server-args", default="", help="extra `imgclf serve` arguments, e.g. '--queue-size 64'")
+    ap.add_argument("--trivial-429", type=int, metavar="BURNERS", default=None,
+                    help="load a bare app that answers 429 at once instead, beside BURNERS busy threads")
     args = ap.parse_args()
+    if args.trivial_429 is not None:
+        return trivial_429(args)
 
     package, name, images = package_and_photos(args.package, args.images)
     path = f"/v1/models/{name}/predict?top_k=5"
@@ -255,6 +316,24 @@ def main() -> int:
               f"with {len(loud['statuses'])} hostile bodies (answers {statuses}): worst "
               f"{max(loud['latencies']) * 1000:.1f} ms, p99 {pct(loud['latencies'], 99):.1f} ms")
     print(f"\nserver peak RSS: {rss:.0f} MB")
+    return 0
+
+
+def trivial_429(args: argparse.Namespace) -> int:
+    """The client and this machine alone: 429 latency from a bare app, at each concurrency level."""
+    _, name, images = package_and_photos(args.package, args.images)
+    path = f"/v1/models/{name}/predict?top_k=5"
+    print(f"# 429 baseline: bare uvicorn app, {args.trivial_429} busy threads beside it, {os.cpu_count()} CPUs, "
+          f"{args.seconds:g} s per level\n\n| concurrency | 429s | 429 p50 ms | 429 p99 ms | failures |\n"
+          "|---:|---:|---:|---:|---|", flush=True)
+    server = TrivialServer(args.trivial_429)
+    try:
+        for c in args.concurrency:
+            r = run_load(server.port, path, images, c, args.seconds, args.timeout, not args.ignore_retry_after)
+            print(f"| {c} | {len(r['refused'])} | {pct(r['refused'], 50):.1f} | {pct(r['refused'], 99):.1f} | "
+                  f"{r['failures']} |", flush=True)
+    finally:
+        server.stop()
     return 0
 
 

@@ -286,6 +286,21 @@ def test_non_jpeg_is_box_reduced_by_an_integer_factor():
     np.testing.assert_array_equal(out, np.asarray(Image.fromarray(arr).reduce(3)))
 
 
+@pytest.mark.parametrize("fmt, size, min_side, reduced", [
+    ("JPEG", (1600, 1200), 300, True),   # DCT scale 1/4
+    ("PNG", (1200, 900), 128, True),     # box reduce by 3
+    ("JPEG", (1600, 1200), None, False),  # no hint: full size
+    ("JPEG", (640, 480), 300, False),    # too small to scale
+    ("PNG", (600, 500), 200, False),     # 500 // 400 = 1: no reduce
+])
+def test_decode_scaled_says_whether_the_pixels_are_reduced(fmt, size, min_side, reduced):
+    data = encode(Image.fromarray(photo(*size)), fmt)
+    out = images.decode_scaled(data, min_side=min_side)
+    assert out.reduced is reduced
+    np.testing.assert_array_equal(out.pixels, decode(data, min_side=min_side))
+    assert (out.pixels.shape[:2] == size[::-1]) is not reduced
+
+
 @pytest.mark.parametrize("orientation, to_stored", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)])
 def test_exif_orientation_after_scaled_decode(orientation, to_stored):
     upright = photo(2400, 1600)  # landscape, stored as portrait with a rotate tag

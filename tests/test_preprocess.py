@@ -189,6 +189,42 @@ def test_extreme_shapes_have_a_bounded_intermediate(shape):
         assert out[..., 0].min() == 200 and out[..., 1].max() == 0
 
 
+@pytest.mark.parametrize("shape", [(1500, 2000), (2000, 1500), (1000, 1000)])
+def test_window_resize_of_a_reduced_image_is_the_exact_resize_within_a_level(shape):
+    """``exact=False`` resizes only the crop's window: same filter and centres, rounding within one level."""
+    from PIL import Image
+
+    from imgclf.samples import reference_photo
+
+    big = np.asarray(Image.fromarray(reference_photo()).resize(shape[::-1], Image.Resampling.BICUBIC))
+    for spec in (PreprocessSpec(), PreprocessSpec(interpolation="bicubic"), caffe_spec(224)):
+        exact = resize_and_crop(big, spec)
+        window = resize_and_crop(big, spec, exact=False)
+        assert window.shape == exact.shape
+        diff = np.abs(window.astype(int) - exact)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_pipeline_resizes_a_reduced_decode_by_its_window_and_a_full_one_exactly():
+    import io
+
+    from PIL import Image
+
+    from imgclf.images import decode
+    from imgclf.pipeline import load_pixels
+    from imgclf.preprocess import decode_min_side
+    from imgclf.samples import reference_photo
+
+    spec = PreprocessSpec()
+    buf = io.BytesIO()
+    Image.fromarray(reference_photo()).resize((3200, 2400)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    small = decode(data, min_side=decode_min_side(spec))
+    assert small.shape[:2] == (1200, 1600)  # the decoder reduced it
+    np.testing.assert_array_equal(load_pixels(data, spec), resize_and_crop(small, spec, exact=False))
+    assert not np.array_equal(resize_and_crop(small, spec, exact=False), resize_and_crop(small, spec))
+
+
 def test_long_but_normal_images_keep_the_exact_path():
     """A 10:1 panorama is under the intermediate bound, so it is still torchvision's transform."""
     from imgclf.samples import reference_photo

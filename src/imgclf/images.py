@@ -19,6 +19,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -186,7 +187,8 @@ def _unsupported(data: bytes) -> UnsupportedImageError:
     return UnsupportedImageError(f"not an image format imgclf reads ({FORMAT_NAMES})")
 
 
-def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int | None) -> Image.Image:
+def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int | None) -> tuple[Image.Image, bool]:
+    """The upright RGB image, and whether it came out smaller than stored (``min_side`` let it)."""
     try:
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
@@ -200,7 +202,8 @@ def _decode(data: bytes, max_pixels: int, max_aspect_ratio: float, min_side: int
         if scale > 1:  # libjpeg decodes straight at 1/scale: ~scale^2 less work and memory
             img.draft(None, (w // scale, h // scale))
     img.load()  # first frame only: animations are never walked (n_frames reads the whole file)
-    return _upright_rgb(img, min_side)
+    rgb = _upright_rgb(img, min_side)
+    return rgb, min(rgb.size) < min(w, h)
 
 
 def _upright_rgb(img: Image.Image, min_side: int | None) -> Image.Image:
@@ -225,6 +228,15 @@ def _upright_rgb(img: Image.Image, min_side: int | None) -> Image.Image:
     return rgb
 
 
+class ScaledImage(NamedTuple):
+    """What :func:`decode_scaled` returns."""
+
+    pixels: npt.NDArray[np.uint8]
+    # Decoded smaller than stored (DCT scale or box reduce): these are not the full-size pixels, so an
+    # exact resize of them is no more exact than the cheapest resize with the same filter and centres.
+    reduced: bool
+
+
 def decode(data: bytes, *, max_pixels: int | None = None, min_side: int | None = None,
            max_aspect_ratio: float | None = None) -> npt.NDArray[np.uint8]:
     """Decode encoded image bytes into an ``(H, W, 3)`` RGB uint8 array.
@@ -236,11 +248,25 @@ def decode(data: bytes, *, max_pixels: int | None = None, min_side: int | None =
     the image is decoded at full size. Raises a subclass of :class:`ImageDecodeError` with a message
     a user can act on, whatever the bytes are.
     """
+    return decode_scaled(data, max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio).pixels
+
+
+def decode_scaled(data: bytes, *, min_side: int | None, max_pixels: int | None = None,
+                  max_aspect_ratio: float | None = None) -> ScaledImage:
+    """:func:`decode`, also saying whether ``min_side`` let the image come back smaller than stored."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     aspect = DEFAULT_MAX_ASPECT_RATIO if max_aspect_ratio is None else max_aspect_ratio
     if not data:
         raise EmptyImageError("empty input: the file has no bytes")
-    return _rgb_array(lambda: _decode(data, limit, aspect, min_side))
+    reduced = False
+
+    def convert() -> Image.Image:
+        nonlocal reduced
+        rgb, reduced = _decode(data, limit, aspect, min_side)
+        return rgb
+
+    pixels = _rgb_array(convert)
+    return ScaledImage(pixels, reduced)
 
 
 def image_to_rgb(img: Image.Image, *, max_pixels: int | None = None,

@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from imgclf.images import decode, image_files
+from imgclf.images import decode_scaled, image_files
 from imgclf.preprocess import PreprocessSpec, decode_min_side, normalize, resize_and_crop
 
 
 def load_pixels(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None) -> npt.NDArray[np.uint8]:
     """Encoded image bytes -> the spec's ``(S, S, C)`` uint8 pixels (decode + geometry, no normalisation).
 
-    The decoder is told the size the spec shrinks to, so a big JPEG is decoded at 1/2..1/8 scale.
+    The decoder is told the size the spec shrinks to, so a big JPEG is decoded at 1/2..1/8 scale; an
+    image it reduced is resized only where the crop keeps it (a full-size decode keeps the exact path).
     """
-    image = decode(data, max_pixels=max_pixels, min_side=decode_min_side(spec))
-    return resize_and_crop(image, spec)
+    image = decode_scaled(data, max_pixels=max_pixels, min_side=decode_min_side(spec))
+    return resize_and_crop(image.pixels, spec, exact=not image.reduced)
 
 
 def prepare(data: bytes, spec: PreprocessSpec, *, max_pixels: int | None = None) -> npt.NDArray[np.float32]:

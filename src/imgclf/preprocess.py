@@ -148,11 +148,14 @@ def resized_size(w: int, h: int, target: int) -> tuple[int, int]:
     return max(1, int(target * w / h)), target
 
 
-def resize_and_crop(image: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.uint8]:
+def resize_and_crop(image: npt.NDArray[np.uint8], spec: PreprocessSpec, *,
+                    exact: bool = True) -> npt.NDArray[np.uint8]:
     """Geometric part of the spec: ``(H, W, 3)`` uint8 in, ``(S, S, C)`` uint8 out.
 
     ``shorter`` is torchvision's eval transform pixel for pixel (``Resize(resize_size)`` on a PIL
-    image, then ``CenterCrop`` with ``int(round((h - crop) / 2))`` offsets).
+    image, then ``CenterCrop`` with ``int(round((h - crop) / 2))`` offsets). ``exact=False`` (an image
+    the decoder already reduced) resizes only the window the crop keeps: same filter and centres,
+    a few pixels one level off, and 1.5-2x less work on a big image.
     """
     pil = Image.fromarray(image)
     if spec.grayscale:
@@ -166,7 +169,7 @@ def resize_and_crop(image: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.N
     else:
         nw, nh = resized_size(w, h, spec.resize_size)
         left, top, right, bottom = _centre_box(nw, nh, size)
-        if max(nw, nh) <= MAX_INTERMEDIATE_RATIO * size:
+        if exact and max(nw, nh) <= MAX_INTERMEDIATE_RATIO * size:
             pil = pil.resize((nw, nh), resample).crop((left, top, right, bottom))
         else:  # resize only the window the crop keeps: bounded work and memory for any shape
             sx, sy = w / nw, h / nh

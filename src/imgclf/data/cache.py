@@ -20,7 +20,7 @@ from imgclf.data.dataset import Pixels
 from imgclf.data.hashing import hash_files
 from imgclf.preprocess import PreprocessSpec
 
-CACHE_VERSION = 2  # 2: scaled JPEG decode and torchvision-exact resize change the pixels of large photos
+CACHE_VERSION = 3  # 2: scaled JPEG decode and torchvision-exact resize; 3: a reduced decode is resized by its crop window
 
 
 @dataclass
