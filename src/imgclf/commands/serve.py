@@ -133,8 +133,8 @@ def _setup_logging(level: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imgclf.model_store import resolve_package
     from imgclf.engines.choice import precheck
+    from imgclf.model_store import resolve_package
     from imgclf.package import load_package
     from imgclf.resolve import package_dirs
     from imgclf.server import ServerConfig, create_app
