@@ -383,10 +383,16 @@ class FeedbackStore:
             size = s.scalar(select(func.coalesce(func.sum(Blob.size), 0))) or 0
             return Usage(records=int(records), bytes=int(size))
 
-    def predictions(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        """The newest entries of the prediction log."""
+    def predictions(self, limit: int = 100, *, model: str | None = None,
+                    version: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The newest entries of the prediction log (of ``model``/``version``)."""
+        q = select(PredictionLog)
+        if model is not None:
+            q = q.where(PredictionLog.model == model)
+        if version is not None:
+            q = q.where(PredictionLog.version == version)
         with self._session() as s:
-            rows = s.scalars(select(PredictionLog).order_by(PredictionLog.id.desc()).limit(limit))
+            rows = s.scalars(q.order_by(PredictionLog.id.desc()).limit(limit))
             return [{"id": r.id, "model": r.model, "version": r.version, "sha256": r.sha256,
                      "top_k": json.loads(r.top_k), "decode_ms": r.decode_ms, "batch_ms": r.batch_ms,
                      "total_ms": r.total_ms, "created_at": _iso(r.created_at)} for r in rows]
