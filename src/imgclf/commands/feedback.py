@@ -1,4 +1,4 @@
-"""``imgclf feedback list|accept|reject|delete|predictions|export``: review what users told the served models."""
+"""``imgclf feedback list|accept|reject|delete|predictions|gc|export``: review what users told the served models."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr = sub.add_parser("predictions", parents=[common],
                         help="the newest entries of the prediction log (servers started with --log-predictions), as JSON lines")
     pr.add_argument("--limit", type=int, default=20, help="most entries to show (default 20; at most 1000)")
+    sub.add_parser("gc", parents=[common],
+                   help="remove image files no record cites (left by a crash between the file and its commit)")
     e = sub.add_parser("export", parents=[common],
                        help="write the accepted records as an image folder <label>/<sha256>.jpg with manifest.json")
     e.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new or empty folder")
@@ -125,6 +127,12 @@ def _predictions(store: FeedbackStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(store: FeedbackStore, args: argparse.Namespace) -> int:
+    files, freed = store.collect_garbage()
+    print(f"removed {files} image file(s) no record cites ({freed / 1e6:.1f} MB)")
+    return 0
+
+
 def _export(store: FeedbackStore, args: argparse.Namespace) -> int:
     from imgclf.feedback.export import MANIFEST, export
 
@@ -136,4 +144,4 @@ def _export(store: FeedbackStore, args: argparse.Namespace) -> int:
 
 
 _ACTIONS = {"list": _list, "accept": _review("accepted"), "reject": _review("rejected"), "delete": _delete,
-            "predictions": _predictions, "export": _export}
+            "predictions": _predictions, "gc": _gc, "export": _export}
