@@ -34,9 +34,9 @@ def _as_user(cmd: list[str], user: str | None) -> list[str]:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[str]:
+def throwaway_cluster(durable: bool = False) -> Iterator[str]:
     """Start a cluster on a free port, listening on a Unix socket in its own folder; yields its URL
-    (or raises RuntimeError saying why not)."""
+    (or raises RuntimeError saying why not). Tests run it with fsync off (``durable``: on)."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql), and $IMGCLF_TEST_PG_URL is unset")
@@ -57,7 +57,7 @@ def throwaway_cluster() -> Iterator[str]:
                                      "--no-sync"], user), capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stderr.strip()[-500:]}")
-        opts = f"-p {port} -k {tmp} -c listen_addresses='' -c fsync=off"
+        opts = f"-p {port} -k {tmp} -c listen_addresses=''" + ("" if durable else " -c fsync=off")
         r = subprocess.run(_as_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", f'"{opts}"' if user and
                                      not shutil.which("runuser") else opts, "-w", "start"], user),
                            capture_output=True, text=True, timeout=120)

@@ -150,6 +150,17 @@ def test_full_disk_leaves_no_partial_file_and_no_record(tmp_path, monkeypatch):
     s.close()
 
 
+def test_gc_removes_only_old_uncited_files(store, capsys):
+    cited = add(store, 1)
+    old_orphan = store.blobs.put(png(2))  # a crash between the file and its commit leaves this
+    new_orphan = store.blobs.put(png(3))  # this one's commit may still be under way
+    os.utime(store.blobs.path(old_orphan), (1, 1))
+    os.utime(store.blobs.path(store.get(cited).sha256), (1, 1))
+    assert store.collect_garbage() == (1, len(png(2)))
+    assert not store.blobs.exists(old_orphan) and store.blobs.exists(new_orphan)
+    assert store.image(cited) == png(1)
+
+
 def test_stale_temporary_files_are_swept(tmp_path):
     s = FeedbackStore.open(None, tmp_path)
     s.blobs.tmp.mkdir(parents=True, exist_ok=True)
@@ -301,6 +312,8 @@ def test_cli_list_accept_reject_export(tmp_path, capsys):
     manifest = json.loads((tmp_path / "ex" / MANIFEST).read_text())
     assert [r["id"] for r in manifest["records"]] == [ids[0]] and manifest["merged_with"] is None
     assert cli("delete", str(ids[2]), *st) == 0
+    assert cli("gc", *st) == 0
+    assert "removed 0 image file(s)" in capsys.readouterr().out
     assert cli("list", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/x", *st) == 2
     assert "unavailable" in capsys.readouterr().err
 

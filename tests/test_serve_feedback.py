@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -195,7 +196,7 @@ def test_metrics_count_feedback_by_model_version_status(client):
     assert 'imgclf_feedback_received_total{model="tiny",verdict="wrong",version="1"} 1.0' in text
 
 
-def test_prediction_log(serve_model_dir, tmp_path):
+def test_prediction_log(serve_model_dir, tmp_path, capsys):
     with make_client(serve_model_dir, tmp_path, log_predictions=True) as c:
         c.post("/v1/models/tiny/predict?top_k=2", files=[("file", ("a.jpg", image(1), "image/jpeg")),
                                                          ("file", ("b.jpg", image(2), "image/jpeg"))])
@@ -204,6 +205,13 @@ def test_prediction_log(serve_model_dir, tmp_path):
     assert len(logged) == 2
     assert {e["sha256"] for e in logged} == {hashlib.sha256(image(i)).hexdigest() for i in (1, 2)}
     assert all(e["model"] == "tiny" and e["version"] == "1" and len(e["top_k"]) == 2 for e in logged)
+    from imgclf.cli import main
+
+    assert main(["feedback", "predictions", "--store", str(tmp_path / "store"), "--model", "tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["sha256"] for line in lines] == [e["sha256"] for e in logged]
+    assert main(["feedback", "predictions", "--store", str(tmp_path / "store"), "--model", "other"]) == 0
+    assert capsys.readouterr().out == ""
 
 
 def test_openapi_documents_feedback(client):

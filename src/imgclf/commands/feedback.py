@@ -1,4 +1,4 @@
-"""``imgclf feedback list|accept|reject|delete|export``: review what users told the served models."""
+"""``imgclf feedback list|accept|reject|delete|predictions|gc|export``: review what users told the served models."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"{verb} every pending record (of --model/--version)")
     d = sub.add_parser("delete", parents=[common], help="delete records (and images no other record cites)")
     d.add_argument("ids", nargs="+", type=int, metavar="ID", help="record ids")
+    pr = sub.add_parser("predictions", parents=[common],
+                        help="the newest entries of the prediction log (servers started with --log-predictions), as JSON lines")
+    pr.add_argument("--limit", type=int, default=20, help="most entries to show (default 20; at most 1000)")
+    sub.add_parser("gc", parents=[common],
+                   help="remove image files no record cites (left by a crash between the file and its commit)")
     e = sub.add_parser("export", parents=[common],
                        help="write the accepted records as an image folder <label>/<sha256>.jpg with manifest.json")
     e.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new or empty folder")
@@ -114,6 +119,20 @@ def _delete(store: FeedbackStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictions(store: FeedbackStore, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise UserError("--limit must be 1 to 1000")
+    for entry in store.predictions(args.limit, model=args.model, version=args.model_version):
+        print(json.dumps(entry))
+    return 0
+
+
+def _gc(store: FeedbackStore, args: argparse.Namespace) -> int:
+    files, freed = store.collect_garbage()
+    print(f"removed {files} image file(s) no record cites ({freed / 1e6:.1f} MB)")
+    return 0
+
+
 def _export(store: FeedbackStore, args: argparse.Namespace) -> int:
     from imgclf.feedback.export import MANIFEST, export
 
@@ -125,4 +144,4 @@ def _export(store: FeedbackStore, args: argparse.Namespace) -> int:
 
 
 _ACTIONS = {"list": _list, "accept": _review("accepted"), "reject": _review("rejected"), "delete": _delete,
-            "export": _export}
+            "predictions": _predictions, "gc": _gc, "export": _export}

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgclf.feedback import migrate
-from imgclf.feedback.blobs import BlobStore, check_sha256, sha256_hex
+from imgclf.feedback.blobs import SHA256_RE, STALE_TMP_S, BlobStore, check_sha256, sha256_hex
 from imgclf.feedback.engine import is_sqlite, make_engine, redact
 from imgclf.feedback.errors import (
     FeedbackError,
@@ -309,6 +310,40 @@ class FeedbackStore:
                 if path is not None:
                     trashed.append((path, h))
 
+    def collect_garbage(self, older_than_s: float = STALE_TMP_S) -> tuple[int, int]:
+        """Remove image files no record cites (left by a writer that crashed or failed between the
+        file and the commit) and stale temporary files; returns (files, bytes) removed. Only files
+        older than ``older_than_s`` go: a younger one may belong to a commit still under way."""
+        cutoff = time.time() - older_than_s
+        files = freed = 0
+        batch: builtins.list[tuple[str, Path]] = []
+
+        def flush() -> None:
+            nonlocal files, freed
+            with self._session() as s:
+                known = set(s.scalars(select(Blob.sha256).where(Blob.sha256.in_([h for h, _ in batch]))))
+            for h, path in batch:
+                if h in known:
+                    continue
+                try:
+                    st = path.stat()
+                    if st.st_mtime < cutoff:
+                        path.unlink()
+                        files, freed = files + 1, freed + st.st_size
+                except FileNotFoundError:
+                    pass
+            batch.clear()
+
+        for name, path in self.blobs.files():
+            if SHA256_RE.match(name):
+                batch.append((name, path))
+            if len(batch) >= 500:
+                flush()
+        if batch:
+            flush()
+        self.blobs.sweep_tmp(older_than_s)
+        return files, freed
+
     def log_prediction(self, *, model: str, version: str, sha256: str, top_k: list[dict[str, Any]],
                        decode_ms: float, batch_ms: float, total_ms: float) -> None:
         with self._session() as s, s.begin():
@@ -383,10 +418,16 @@ class FeedbackStore:
             size = s.scalar(select(func.coalesce(func.sum(Blob.size), 0))) or 0
             return Usage(records=int(records), bytes=int(size))
 
-    def predictions(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        """The newest entries of the prediction log."""
+    def predictions(self, limit: int = 100, *, model: str | None = None,
+                    version: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The newest entries of the prediction log (of ``model``/``version``)."""
+        q = select(PredictionLog)
+        if model is not None:
+            q = q.where(PredictionLog.model == model)
+        if version is not None:
+            q = q.where(PredictionLog.version == version)
         with self._session() as s:
-            rows = s.scalars(select(PredictionLog).order_by(PredictionLog.id.desc()).limit(limit))
+            rows = s.scalars(q.order_by(PredictionLog.id.desc()).limit(limit))
             return [{"id": r.id, "model": r.model, "version": r.version, "sha256": r.sha256,
                      "top_k": json.loads(r.top_k), "decode_ms": r.decode_ms, "batch_ms": r.batch_ms,
                      "total_ms": r.total_ms, "created_at": _iso(r.created_at)} for r in rows]

@@ -157,8 +157,10 @@ async def post_feedback(request: Request, response: Response, name: ModelName) -
         _check_label(model, req.predicted_label, "predicted_label")
     sha = req.prediction_id  # used only when the image itself is not sent
     if image is None and sha is not None:
-        image = svc.uploads.get(sha)  # None: it may still be in the store
-    if image is not None:
+        kept = svc.uploads.get(sha)  # None: it may still be in the store
+        if kept is not None:
+            image = kept  # decoded when it was predicted: no need to check it again
+    elif image is not None:
         s = app_state(request)
         check = functools.partial(decode, max_pixels=s.config.max_pixels, min_side=CHECK_MIN_SIDE)
         try:
