@@ -219,6 +219,24 @@ def test_option_errors_are_one_line_and_exit_2(capsys, sample_jpegs, argv, messa
     assert __import__("re").search(message, err), err
 
 
+def test_an_address_nothing_listens_on_is_refused_at_once():
+    import socket
+
+    from imgclf.bulk.cluster import RayConnectError, check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RayConnectError, match=f"no Ray cluster answers at {address}: "):
+            check_reachable(address)
+    with socket.socket() as s:  # a port something listens on passes
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+    check_reachable("auto")  # resolved by Ray itself
+
+
 def test_missing_ray_is_one_line_with_the_install_hint(capsys, monkeypatch, sample_jpegs, tmp_path):
     import builtins
 
