@@ -154,6 +154,35 @@ def test_the_package_travels_as_files_and_is_unpacked_once_per_node(tiny, tmp_pa
     assert [p.name for p in (tmp_path / "node").iterdir()] == [first.name]  # no temporary folders left
 
 
+def test_the_worker_code_runs_where_torch_cannot_be_imported(tiny, sample_jpegs):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class BlockTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError(name + " is blocked")
+                return None
+
+        sys.meta_path.insert(0, BlockTorch())
+        import numpy as np
+        from imgclf.bulk import decode, job, output, predictor, shipping, sources
+        p = predictor.Predictor(shipping.pack({str(tiny)!r}), k=2, threads=1)
+        out = p(decode.decode_batch({{"path": np.array([{str(sample_jpegs["chelsea"])!r}], dtype=object)}},
+                                    p.engine.spec))
+        print(out["indices"].shape, out["error"][0] == "")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 2) True"
+
+
 # --- the output store --------------------------------------------------------------------------------
 
 
