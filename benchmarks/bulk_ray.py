@@ -10,7 +10,7 @@ Reported: images/s of each (the Ray figure includes starting the actors, not ``r
 ratio to ``imgclf predict``, the peak RSS and USS of each worker process (sampled every 0.2 s),
 and whether the Ray answers equal ``imgclf predict``'s (top-1 index, largest score difference).
 Last, the memory of the worker's code in a fresh process at batch sizes 1-64 (ONNX Runtime's arena
-grows with the batch).
+grows with the batch), and the driver's cost per row (results -> rows -> parts -> merged output).
 """
 
 from __future__ import annotations
@@ -113,6 +113,31 @@ def engine_memory(package: str, files: list[Path], batch_size: int) -> tuple[int
     return mem.rss, mem.uss
 
 
+def driver_cost(n: int = 10_000) -> dict[str, float]:
+    """Microseconds per row of the driver's share: results -> rows -> part files -> the merged output."""
+    import numpy as np
+
+    from imgclf.bulk.job import batch_rows
+    from imgclf.bulk.output import ResultStore
+
+    rng = np.random.default_rng(0)
+    labels = [f"class {i}" for i in range(1000)]
+    batch = {"path": np.asarray([f"/mnt/photos/{i // 1000:04d}/{i:08d}.jpg" for i in range(n)], dtype=object),
+             "indices": rng.integers(0, 1000, (n, 5)), "scores": rng.random((n, 5)),
+             "error": np.asarray([""] * n, dtype=object)}
+    cost = {}
+    for suffix in (".parquet", ".jsonl"):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ResultStore(Path(tmp) / f"results{suffix}", "m", "1")
+            t = time.perf_counter()
+            with store.locked():
+                for _ in range(3):
+                    store.write_part(batch_rows(batch, labels, "m", "1"))
+                store.finish()
+            cost[suffix] = (time.perf_counter() - t) / (3 * n) * 1e6
+    return cost
+
+
 def compare(a: dict[str, tuple[int, float]], b: dict[str, tuple[int, float]]) -> str:
     same = sum(1 for k, (i, _) in a.items() if k in b and b[k][0] == i)
     diff = max((abs(a[k][1] - b[k][1]) for k in a if k in b), default=float("nan"))
@@ -123,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir")
     ap.add_argument("--model", required=True, help="a model package folder")
-    ap.add_argument("--rounds", type=int, default=2, help="0: only the memory by batch size")
+    ap.add_argument("--rounds", type=int, default=2, help="0: only the memory by batch size and the driver's cost")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     args = ap.parse_args()
@@ -152,6 +177,8 @@ def main() -> None:
             rss, uss = pool.apply(engine_memory, (args.model, files, size))
             print(f"one worker's code at batch {size:2d}: RSS {rss / 2**20:.0f} MiB / USS {uss / 2**20:.0f} MiB",
                   flush=True)
+    for suffix, us in driver_cost().items():
+        print(f"driver: {us:.0f} us per row ({suffix})", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

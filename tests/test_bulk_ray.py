@@ -154,6 +154,35 @@ def test_the_package_travels_as_files_and_is_unpacked_once_per_node(tiny, tmp_pa
     assert [p.name for p in (tmp_path / "node").iterdir()] == [first.name]  # no temporary folders left
 
 
+def test_the_worker_code_runs_where_torch_cannot_be_imported(tiny, sample_jpegs):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class BlockTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError(name + " is blocked")
+                return None
+
+        sys.meta_path.insert(0, BlockTorch())
+        import numpy as np
+        from imgclf.bulk import decode, job, output, predictor, shipping, sources
+        p = predictor.Predictor(shipping.pack({str(tiny)!r}), k=2, threads=1)
+        out = p(decode.decode_batch({{"path": np.array([{str(sample_jpegs["chelsea"])!r}], dtype=object)}},
+                                    p.engine.spec))
+        print(out["indices"].shape, out["error"][0] == "")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 2) True"
+
+
 # --- the output store --------------------------------------------------------------------------------
 
 
@@ -217,6 +246,24 @@ def test_option_errors_are_one_line_and_exit_2(capsys, sample_jpegs, argv, messa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("imgclf: error: ")
     assert __import__("re").search(message, err), err
+
+
+def test_an_address_nothing_listens_on_is_refused_at_once():
+    import socket
+
+    from imgclf.bulk.cluster import RayConnectError, check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RayConnectError, match=f"no Ray cluster answers at {address}: "):
+            check_reachable(address)
+    with socket.socket() as s:  # a port something listens on passes
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+    check_reachable("auto")  # resolved by Ray itself
 
 
 def test_missing_ray_is_one_line_with_the_install_hint(capsys, monkeypatch, sample_jpegs, tmp_path):

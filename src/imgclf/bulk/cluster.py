@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -52,6 +53,8 @@ def connected(address: str | None, *, num_cpus: int) -> Iterator[ModuleType]:
         return
     # Errors only: a local instance otherwise greets with start-up notes on every run. Workers' own
     # output (a traceback in an actor) still reaches the terminal.
+    if address:
+        check_reachable(address)
     quiet = {"logging_level": logging.ERROR, "log_to_driver": True}
     try:
         if address:
@@ -67,6 +70,18 @@ def connected(address: str | None, *, num_cpus: int) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a ``HOST:PORT`` (or ``ray://HOST:PORT``) nothing listens on: Ray itself retries
+    such an address for minutes before it gives up."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():  # "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayConnectError(f"no Ray cluster answers at {address}: {exc.strerror or exc}") from None
 
 
 def quiet_data(ray: ModuleType) -> None:

@@ -1,4 +1,4 @@
-"""The decode stage of a bulk job (a Ray Data task): locations -> the model's pixels, or why not.
+"""The decode stage of a bulk job (a Ray Data map stage): locations -> the model's pixels, or why not.
 
 Each file goes through :func:`imgclf.pipeline.load_pixels`, the decode + resize + crop of
 ``imgclf predict`` and the server, so a file gets the same pixels on every path. The stage hands on
