@@ -48,11 +48,11 @@ async def body_deadline(timeout_s: float) -> AsyncIterator[None]:
 
 async def read_body(request: Request, timeout_s: float) -> bytes:
     """The whole body; the body guard caps its size, this caps its time."""
-    chunks: list[bytes] = []
+    chunks = bytearray()
     async with body_deadline(timeout_s):
         async for chunk in request.stream():
-            chunks.append(chunk)
-    return b"".join(chunks)  # one copy (a growing bytearray and then bytes() is several: ~1 ms per 2 MB)
+            chunks += chunk
+    return bytes(chunks)
 
 
 async def off_loop(pool: Executor, size: int, work: Callable[[], T]) -> T:
