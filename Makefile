@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 # The typed core: what serving and the model package contract rest on.
 MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py engine.py \
-	engines pipeline.py resolve.py classifier.py server data evaluation)
+	engines pipeline.py resolve.py classifier.py server data evaluation quantize)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
