@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 # The typed core: what serving and the model package contract rest on.
 MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py model_store.py engine.py \
-	engines pipeline.py resolve.py classifier.py server data evaluation feedback bulk)
+	engines pipeline.py resolve.py classifier.py server data evaluation feedback bulk quantize)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
