@@ -152,7 +152,7 @@ def main() -> int:
             log(lines[-1])
         runs = [(v, *VARIANTS[v], calibration) for v in args.variants]
         if args.shipped_calibration:
-            runs.append(("nncf-fast-bc-keep-first-last, shipped photos", "nncf", Fixes(), bundled(parent)))
+            runs.append(("nncf-fast-bc-keep-first-last, shipped photos", "nncf", Fixes(), bundled()))
         for variant, backend, fixes, cal in runs:
             t = time.perf_counter()
             done = quantize_package(parent, cal, out=args.work / f"{model}-{variant.replace(', ', '-')}",

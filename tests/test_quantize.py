@@ -92,7 +92,7 @@ def test_trained_package_calibrates_on_its_train_split_and_gates_on_its_test_spl
     """The default sources of a trained package: the recorded dataset's splits, never the same images."""
     from serve_support import build_tiny_package
 
-    from imgclf.package import DatasetRecord, write_package
+    from imgclf.package import DatasetRecord, Provenance, write_package
 
     data = tmp_path / "data"
     photos = sorted(sample_jpegs.values())
@@ -104,8 +104,8 @@ def test_trained_package_calibrates_on_its_train_split_and_gates_on_its_test_spl
                 img.save(data / split / label / f"{i}.jpg")
     pkg = load_package(build_tiny_package(tmp_path / "tiny"))
     meta = pkg.meta
-    meta.provenance = meta.provenance.__class__(architecture="tiny-test-net", task="train",
-                                                dataset=DatasetRecord("data", path=str(data), format="folder"))
+    meta.provenance = Provenance(architecture="tiny-test-net", task="train",
+                                 dataset=DatasetRecord("data", path=str(data), format="folder"))
     write_package(tmp_path / "trained", pkg.onnx_path, meta)
     code, out, _ = _run(capsys, str(tmp_path / "trained"), "--backend", "onnxruntime")
     int8 = load_package(tmp_path / "trained" / "int8")

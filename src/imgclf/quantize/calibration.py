@@ -23,7 +23,7 @@ import numpy.typing as npt
 from imgclf.data.dataset import RawDataset, RawSplit, as_rgb_or_gray
 from imgclf.errors import UserError
 from imgclf.images import ImageDecodeError, decode, image_files
-from imgclf.package import ModelPackage, sha256_file
+from imgclf.package import sha256_file
 from imgclf.pipeline import prepare
 from imgclf.preprocess import PreprocessSpec, decode_min_side, normalize, preprocess, resize_and_crop
 
@@ -106,8 +106,8 @@ def crops(image: npt.NDArray[np.uint8], n: int) -> list[npt.NDArray[np.uint8]]:
 
 
 def sample(items: Sequence[Path], n: int, seed: int = 0) -> list[Path]:
-    """At most ``n`` of ``items``: a seeded random choice (spread over every class folder of a
-    sorted listing), kept in listing order so the manifest reads naturally."""
+    """At most ``n`` of ``items``: a seeded random choice, kept in listing order so the manifest
+    reads naturally."""
     if len(items) <= n:
         return list(items)
     chosen = sorted(random.Random(seed).sample(range(len(items)), n))
@@ -138,11 +138,10 @@ def from_split(dataset: RawDataset, split: str, samples: int = DEFAULT_SAMPLES) 
     return CalibrationSet(f"{split} split", description, images=data.images[idx])
 
 
-def bundled(package: ModelPackage) -> CalibrationSet:
-    """The real photos that ship with imgclf (see :mod:`imgclf.quantize.photos`)."""
+def bundled() -> CalibrationSet:
+    """The real photos that ship with imgclf (see :mod:`imgclf.quantize.photos`), 16 views each."""
     from imgclf.quantize.photos import CALIBRATION, photos_dir
 
-    del package  # every zoo model calibrates on the same photos
     root = photos_dir()
     return CalibrationSet("bundled photos", "photos shipped with imgclf",
                           tuple(root / name for name in CALIBRATION), root=root, views=BUNDLED_VIEWS)

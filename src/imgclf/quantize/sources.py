@@ -60,7 +60,7 @@ def default_calibration(package: ModelPackage, samples: int = DEFAULT_SAMPLES) -
         if package.meta.provenance.task != "export":
             raise CalibrationError(f"{package.name} records no dataset to calibrate on; pass --calibration FOLDER "
                                    "(a few hundred images like the ones it will classify)")
-        return bundled(package)
+        return bundled()
     return from_split(dataset, _calibration_split(dataset), samples)
 
 
