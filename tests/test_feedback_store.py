@@ -326,3 +326,25 @@ def test_first_open_from_several_processes_at_once_creates_the_schema_once(reque
         s = FeedbackStore.open(url, tmp_path / f"s{i}")
         assert s.usage().records == 4
         s.close()
+
+
+def test_a_failed_delete_keeps_the_image(store):
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    rid = add(store, 1)
+    h = store.get(rid).sha256
+
+    def fail(session):
+        raise OSError(errno.EIO, "I/O error")  # the commit fails after the file went out of sight
+
+    event.listen(Session, "before_commit", fail)
+    try:
+        with pytest.raises(OSError):
+            store.delete([rid])
+    finally:
+        event.remove(Session, "before_commit", fail)
+    assert store.get(rid).sha256 == h and store.image(rid) == png(1)
+    assert not [p for p in store.blobs.tmp.iterdir() if p.name.endswith(".deleted")]
+    store.delete([rid])
+    assert not store.blobs.exists(h) and not list(store.blobs.tmp.iterdir())

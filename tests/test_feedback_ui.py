@@ -1,8 +1,10 @@
 """The web page's feedback in headless Chromium: "right", "wrong? choose the right label" from the
-model's searchable label list, the "received" confirmation, and the review page behind the API key."""
+model's searchable label list, the "received" confirmation, and the review page behind the API key.
+With IMGCLF_UPDATE_SCREENSHOT=1 the screenshots replace docs/feedback-page.png and docs/feedback-review.png."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx2 as httpx
@@ -15,6 +17,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 KEY = "page-review-key"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:
+    shot = (DOCS if os.environ.get("IMGCLF_UPDATE_SCREENSHOT") == "1" else tmp_path) / name
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000  # a real rendering, not a blank page
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,7 @@ def card(page, name: str):
     return page.locator(".card", has=page.locator(".file-name", has_text=name))
 
 
-def test_right_and_wrong_then_review(browser, server, sample_jpegs):
+def test_right_and_wrong_then_review(browser, server, sample_jpegs, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(server.url + "/")
     page.wait_for_selector("#model:not([disabled])")
@@ -65,6 +74,7 @@ def test_right_and_wrong_then_review(browser, server, sample_jpegs):
     mug.locator(".fb-right").click()
     page.wait_for_function("document.querySelectorAll('.card[data-feedback=sent]').length === 2", timeout=30_000)
     assert "confirmed" in mug.locator(".fb-status").inner_text()
+    screenshot(page, "feedback-page.png", tmp_path)
 
     records = httpx.get(server.url + "/v1/feedback", headers={"X-API-Key": KEY}).json()["records"]
     assert len(records) == 2
@@ -86,6 +96,7 @@ def test_right_and_wrong_then_review(browser, server, sample_jpegs):
     first.locator(".accept").click()
     page.wait_for_selector(".record[data-status=accepted]")
     rid = int(first.get_attribute("data-id"))
+    screenshot(page, "feedback-review.png", tmp_path)
     assert httpx.get(f"{server.url}/v1/feedback/{rid}", headers={"X-API-Key": KEY}).json()["status"] == "accepted"
     # The key stays in this tab only: a reload still has it, and lists what is pending.
     page.reload()

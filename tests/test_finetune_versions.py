@@ -52,7 +52,7 @@ def published(tmp_path_factory):
     data = make_folder(base / "shapes", {name: 12 for name in CLASSES})
     models = base / "models"
     models.mkdir()
-    fb = _feedback_export(base / "export", ["fb-1", "fb-2", "fb-3", "fb-4", "fb-5", "fb-6"])
+    fb = _feedback_export(base / "export", [11, 12, 13, 14, 15, 16])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMGCLF_HOME", str(base / "home"))
         first = _run(["finetune", "--data", str(data), "--publish-to", str(models), "--name", "shapes",
@@ -67,7 +67,7 @@ def published(tmp_path_factory):
 
 def test_versions_are_published_side_by_side(published):
     store = ModelStore(published["models"] / "shapes")
-    assert list(store.versions()) == ["1", "2"]
+    assert list(store.versions())[:2] == ["1", "2"]
     v1, v2 = (load_package(store.path(v)) for v in ("1", "2"))
     assert (v1.meta.version, v2.meta.version) == ("1", "2")
     assert v1.name == v2.name == "shapes"
@@ -84,9 +84,9 @@ def test_version_2_records_its_parent_and_feedback(published):
     assert prov["parent_version"] == "1"
     assert prov["parent_sha256"] == v1.meta.provenance.onnx_sha256
     manifest = (published["fb"] / "manifest.json").read_bytes()
-    assert prov["feedback"] == {"records": ["fb-1", "fb-2", "fb-3", "fb-4", "fb-5", "fb-6"],
+    assert prov["feedback"] == {"records": [11, 12, 13, 14, 15, 16],
                                 "manifests": [hashlib.sha256(manifest).hexdigest()]}
-    assert prov["added_data"][0]["images"] == 6
+    assert prov["added_data"][0]["images"] == prov["added_data"][0]["records"] == 6
     # The feedback images joined the training split only.
     splits = v2.meta.provenance.dataset.splits
     assert splits["train"] == load_package(store.path("1")).meta.provenance.dataset.splits["train"] + 6
@@ -97,10 +97,11 @@ def test_a_version_that_loses_a_class_is_refused(published, tmp_path):
     two = tmp_path / "two"
     shutil.copytree(published["data"] / "circles", two / "circles")
     shutil.copytree(published["data"] / "squares", two / "squares")
+    before = list(ModelStore(published["models"] / "shapes").versions())
     code, out, err = _run(["finetune", "--data", str(two), "--publish-to", str(published["models"]),
                            "--name", "shapes", *FAST])
     assert code != 0 and "would lose class(es) triangles" in err
-    assert list(ModelStore(published["models"] / "shapes").versions()) == ["1", "2"]
+    assert list(ModelStore(published["models"] / "shapes").versions()) == before
 
 
 def test_add_data_with_an_unknown_class_is_refused(published, tmp_path):
@@ -127,3 +128,17 @@ def test_evaluate_compares_two_versions_side_by_side(published, tmp_path):
     # One model, several --data: refused with a clear message.
     code, out, err = _run(["evaluate", str(store / "1"), "--data", "x", "--data", "y"])
     assert code != 0 and "several --data need two models" in err
+
+
+def test_python_api_publishes_a_version_with_an_explicit_parent(published, monkeypatch):
+    import imgclf
+
+    monkeypatch.setenv("IMGCLF_HOME", str(published["base"] / "home"))
+    models = published["models"]
+    package = imgclf.finetune(published["data"], publish_to=models, name="shapes", parent=models / "shapes" / "2",
+                              add_data=[published["fb"]], freeze_epochs=1, epochs=0, batch_size=16,
+                              allow_download=False, progress=False, log=None)
+    assert package.path == models / "shapes" / "3" and package.meta.version == "3"
+    prov = package.meta.provenance.to_dict()
+    assert prov["parent_version"] == "2" and prov["feedback"]["records"] == [11, 12, 13, 14, 15, 16]
+    assert ModelStore(models / "shapes").default_version() == "1"

@@ -215,3 +215,22 @@ def test_openapi_documents_feedback(client):
     assert "FeedbackRequest" in doc["components"]["schemas"]
     assert {"201", "422", "429", "503", "507"} <= set(post["responses"])
     assert doc["paths"]["/v1/feedback"]["get"]["security"]
+
+
+def test_serve_refuses_a_store_from_a_later_version(serve_model_dir, tmp_path, capsys):
+    from sqlalchemy import text
+
+    from imgclf.cli import main
+    from imgclf.feedback import migrate
+    from imgclf.feedback.engine import make_engine
+    from imgclf.feedback.paths import sqlite_url
+    from imgclf.feedback.store import FeedbackStore
+
+    FeedbackStore.open(None, tmp_path).close()
+    engine = make_engine(sqlite_url(tmp_path))
+    with engine.begin() as c:
+        c.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = 'f00d'"))
+    engine.dispose()
+    code = main(["serve", "--model", str(serve_model_dir / "tiny"), "--feedback-store", str(tmp_path), "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "later imgclf" in err and err.count("\n") == 1

@@ -22,7 +22,7 @@ Importing this module loads neither torch nor the training code; a call does.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +156,7 @@ def run_finetuning(options: FinetuneOptions, log: Callable[[str], None] = print)
     return finetune_run(options, log=log)
 
 
-def finetune(data: str | Path | None = None, *, out: str | Path, model: str | None = None,
+def finetune(data: str | Path | None = None, *, out: str | Path | None = None, model: str | None = None,
              weights: str | Path | None = None, name: str | None = None, epochs: int | None = None,
              freeze_epochs: int | None = None, image_size: int | None = None, augment: str | None = None,
              lr: float | None = None, finetune_lr: float | None = None, lr_decay: float | None = None,
@@ -164,7 +164,8 @@ def finetune(data: str | Path | None = None, *, out: str | Path, model: str | No
              patience: int | None = None, seed: int | None = None, label_smoothing: float | None = None,
              tta: int | None = None, cache_dir: str | Path | None = None, use_cache: bool = True,
              allow_download: bool = True, threads: int | None = None, workers: int | None = None,
-             progress: bool | None = None, resume: bool = False,
+             progress: bool | None = None, resume: bool = False, publish_to: str | Path | None = None,
+             add_data: Sequence[str | Path] = (), parent: str | Path | None = None,
              log: Callable[[str], None] | None = print) -> ModelPackage:
     """Fine-tune pretrained zoo ``model`` on a folder of images and return the package written to ``out``.
 
@@ -180,13 +181,20 @@ def finetune(data: str | Path | None = None, *, out: str | Path, model: str | No
     receives the progress lines (``None``: quiet). Raises :class:`TrainingInterrupted` when stopped
     by Ctrl-C; ``resume=True`` continues the run in ``out`` with its saved options
     (``imgclf.finetune(out=..., resume=True)`` is enough), the options given replacing them.
+    ``publish_to`` (instead of ``out``) publishes the next version of ``publish_to/<name>``;
+    ``add_data`` folders (feedback exports) join the training split; ``parent`` is the package the
+    new version follows (as ``--publish-to``, ``--add-data`` and ``--parent``).
     """
+    from imgclf.finetune.lineage import version_options
     from imgclf.finetune.state import resolve_options
 
+    v = version_options(out=None if out is None else str(out), publish_to=None if publish_to is None else str(publish_to),
+                        name=name, parent=None if parent is None else str(parent), base=model, image_size=image_size)
     opts = resolve_options({
-        "out": str(out), "resume": resume, "data": str(data) if data is not None else None, "base": model,
-        "weights": str(weights) if weights is not None else None, "name": name, "epochs": epochs,
-        "freeze_epochs": freeze_epochs, "image_size": image_size, "augment": augment, "lr": lr,
+        "out": v["out"], "resume": resume, "data": str(data) if data is not None else None, "base": v["base"],
+        "weights": str(weights) if weights is not None else None, "name": v["name"], "epochs": epochs,
+        "add_data": [str(p) for p in add_data] or None, "parent": v["parent"], "version": v["version"],
+        "freeze_epochs": freeze_epochs, "image_size": v["image_size"], "augment": augment, "lr": lr,
         "finetune_lr": finetune_lr, "lr_decay": lr_decay, "groups": groups, "batch_size": batch_size,
         "val_fraction": val_fraction, "patience": patience, "seed": seed, "label_smoothing": label_smoothing,
         "tta": tta, "cache_dir": str(cache_dir) if cache_dir is not None else None, "use_cache": use_cache,

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from imgclf.errors import UserError
-
 if TYPE_CHECKING:
     from imgclf.finetune.options import FinetuneOptions
 
@@ -84,26 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
     """The command's flags as the typed options :func:`imgclf.training_api.run_finetuning` takes: the
     flags given, the defaults, or with ``--resume`` the options the run in ``--out`` was started with."""
-    from imgclf.finetune.lineage import open_parent, parent_settings, publish_target
+    from imgclf.finetune.lineage import version_options
     from imgclf.finetune.state import resolve_options
 
-    out, parent, name, version = args.out, args.parent, args.name, None
-    if args.publish_to:
-        if args.out:
-            raise UserError("give --out or --publish-to, not both")
-        target, version, parent, name = publish_target(args.publish_to, args.name, args.parent)
-        out = str(target)
-    elif not args.out:
-        raise UserError("--out (a package folder) or --publish-to (a model directory) is required")
-    base, image_size = args.base, args.image_size
-    if parent is not None and (base is None or image_size is None):
-        inherited = parent_settings(open_parent(parent)[0])
-        base = base or inherited.get("base")
-        image_size = image_size or inherited.get("image_size")
+    v = version_options(out=args.out, publish_to=args.publish_to, name=args.name, parent=args.parent,
+                        base=args.base, image_size=args.image_size)
     return resolve_options({
-        "out": out, "add_data": args.add_data or None, "parent": parent, "version": version, "resume": args.resume, "data": args.data, "base": base, "weights": args.weights,
-        "name": name, "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
-        "image_size": image_size, "augment": args.augment, "lr": args.lr, "finetune_lr": args.finetune_lr,
+        "out": v["out"], "add_data": args.add_data or None, "parent": v["parent"], "version": v["version"], "resume": args.resume, "data": args.data, "base": v["base"], "weights": args.weights,
+        "name": v["name"], "epochs": args.epochs, "freeze_epochs": args.freeze_epochs,
+        "image_size": v["image_size"], "augment": args.augment, "lr": args.lr, "finetune_lr": args.finetune_lr,
         "lr_decay": args.lr_decay, "groups": args.groups, "batch_size": args.batch_size,
         "val_fraction": args.val_fraction, "patience": args.patience, "seed": args.seed,
         "label_smoothing": args.label_smoothing, "tta": args.tta, "cache_dir": args.cache_dir,

@@ -58,11 +58,12 @@ class BlobStore:
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` (once: an existing file is kept) and return its SHA-256."""
+    def put(self, data: bytes, *, replace: bool = False) -> str:
+        """Store ``data`` and return its SHA-256. An existing file is kept, unless ``replace``: then
+        it is written again (a concurrent delete may be about to take the old one away)."""
         h = sha256_hex(data)
         final = self.path(h)
-        if final.is_file():
+        if final.is_file() and not replace:
             return h
         tmp = self.tmp / f"{h}.{uuid.uuid4().hex}.tmp"
         try:
@@ -87,6 +88,24 @@ class BlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def trash(self, sha256: str) -> Path | None:
+        """Move a file out of sight (into tmp/) before the transaction that forgets it commits;
+        :meth:`restore` puts it back if that transaction fails. None: there was no file."""
+        trashed = self.tmp / f"{check_sha256(sha256)}.{uuid.uuid4().hex}.deleted"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self.path(sha256), trashed)
+        except FileNotFoundError:
+            return None
+        return trashed
+
+    def restore(self, trashed: Path, sha256: str) -> None:
+        final = self.path(sha256)
+        if not final.exists():
+            os.replace(trashed, final)
+        else:
+            trashed.unlink(missing_ok=True)
 
     def sweep_tmp(self, older_than_s: float = STALE_TMP_S) -> int:
         """Remove temporary files a crashed writer left; returns how many."""

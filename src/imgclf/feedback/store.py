@@ -217,14 +217,14 @@ class FeedbackStore:
             if same is not None:
                 return Record.of(same), False
             blob = s.get(Blob, h)
-            new_bytes = 0
-            if blob is None or not self.blobs.exists(h):
-                if image is None:
-                    raise NotFoundError(f"no image {h} in the feedback store; send the image itself")
-                new_bytes = len(image) if blob is None else 0
-            self._check_quota(s, new_bytes)
-            if image is not None and not self.blobs.exists(h):
-                self.blobs.put(image)  # on disk before the commit that cites it
+            on_disk = blob is not None and self.blobs.exists(h)
+            if image is None and not on_disk:
+                raise NotFoundError(f"no image {h} in the feedback store; send the image itself")
+            self._check_quota(s, len(image) if blob is None and image is not None else 0)
+            if image is not None and not on_disk:
+                # On disk before the commit that cites it. A new image is written even over a file
+                # already there: that may be one a concurrent delete has yet to take away.
+                self.blobs.put(image, replace=blob is None)
             if blob is None:
                 assert image is not None
                 s.add(Blob(sha256=h, size=len(image)))
@@ -278,6 +278,18 @@ class FeedbackStore:
     def delete(self, ids: Sequence[int]) -> int:
         """Delete records, and the images no remaining record cites; returns how many records went."""
         wanted = check_ids(ids)
+        trashed: list[tuple[Path, str]] = []
+        try:
+            self._delete(wanted, trashed)
+        except BaseException:
+            for path, h in trashed:  # the transaction failed: the records still cite these
+                self.blobs.restore(path, h)
+            raise
+        for path, _ in trashed:
+            path.unlink(missing_ok=True)
+        return len(wanted)
+
+    def _delete(self, wanted: builtins.list[int], trashed: builtins.list[tuple[Path, str]]) -> None:
         with self._session() as s, s.begin():
             found = {i: h for i, h in s.execute(select(Feedback.id, Feedback.sha256).where(Feedback.id.in_(wanted)))}
             missing = [i for i in wanted if i not in found]
@@ -289,9 +301,13 @@ class FeedbackStore:
             orphans = sorted(hashes - cited)
             if orphans:
                 s.execute(delete(Blob).where(Blob.sha256.in_(orphans)))
-        for h in orphans:  # after the commit: a failed transaction never loses a file
-            self.blobs.delete(h)
-        return len(wanted)
+                s.flush()
+            # Out of sight before the commit (while SQLite's write lock keeps writers out), deleted
+            # after it: a writer that stores the same image after this commit writes a new file.
+            for h in orphans:
+                path = self.blobs.trash(h)
+                if path is not None:
+                    trashed.append((path, h))
 
     def log_prediction(self, *, model: str, version: str, sha256: str, top_k: list[dict[str, Any]],
                        decode_ms: float, batch_ms: float, total_ms: float) -> None:

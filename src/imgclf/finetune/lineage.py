@@ -34,13 +34,13 @@ class ExtraData:
 
     path: Path
     images: int = 0
-    feedback_ids: list[str] = field(default_factory=list)
+    feedback_ids: list[int | str] = field(default_factory=list)  # as the manifest has them
     manifest_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": str(self.path), "images": self.images}
         if self.manifest_sha256 is not None:
-            d.update(kind=FEEDBACK_KIND, manifest_sha256=self.manifest_sha256, records=list(self.feedback_ids))
+            d.update(kind=FEEDBACK_KIND, manifest_sha256=self.manifest_sha256, records=len(self.feedback_ids))
         return d
 
 
@@ -110,7 +110,8 @@ def add_training_data(raw: RawDataset, folders: Sequence[str | Path]) -> list[Ex
                                        files=[*(train.files or []), *files])
         item = ExtraData(folder.resolve(), images=len(files))
         if manifest is not None:
-            item.feedback_ids, item.manifest_sha256 = [str(r["id"]) for r in manifest[0]], manifest[1]
+            item.feedback_ids = [r["id"] if isinstance(r["id"], int) else str(r["id"]) for r in manifest[0]]
+            item.manifest_sha256 = manifest[1]
         extras.append(item)
     return extras
 
@@ -162,6 +163,25 @@ def publish_target(model_dir: str | Path, name: str | None, parent: str | None) 
         parent = parent or str(store.root)
     version = str(store.next_version())
     return store.root / version, version, parent, name
+
+
+def version_options(*, out: str | None, publish_to: str | None, name: str | None, parent: str | None,
+                    base: str | None, image_size: int | None) -> dict[str, Any]:
+    """The run's ``out``, ``name``, ``parent``, ``version``, ``base`` and ``image_size`` from
+    ``--out`` or ``--publish-to`` (see :func:`publish_target`) and the parent's settings."""
+    version = None
+    if publish_to:
+        if out:
+            raise UserError("give --out or --publish-to, not both")
+        target, version, parent, name = publish_target(publish_to, name, parent)
+        out = str(target)
+    elif not out:
+        raise UserError("--out (a package folder) or --publish-to (a model directory) is required")
+    if parent is not None and (base is None or image_size is None):
+        inherited = parent_settings(open_parent(parent)[0])
+        base = base or inherited.get("base")
+        image_size = image_size or inherited.get("image_size")
+    return {"out": out, "name": name, "parent": parent, "version": version, "base": base, "image_size": image_size}
 
 
 def check_labels(parent: ModelPackage, labels: Sequence[str]) -> None:
