@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from imgclf.engine import Engine
 from imgclf.engines.cpu import BF16_FLAGS, INT8_FLAGS, CpuCaps, cpu_caps
-from imgclf.engines.openvino import OpenVINOMissingError, import_openvino
+from imgclf.engines.openvino import INSTALL_HINT, OpenVINOMissingError, import_openvino
 from imgclf.errors import UserError
 from imgclf.package import GateRecord, ModelPackage, is_package_dir, load_package
 
@@ -97,9 +97,11 @@ def precheck(package: ModelPackage, engine: str = "auto", precision: str = "auto
     cannot run ``package`` here is a one-line error (``imgclf serve`` calls this before listening)."""
     check_args(engine, precision)
     caps = cpu_caps() if caps is None else caps
-    if engine == "openvino" and not (openvino_installed() if openvino is None else openvino):
-        import_openvino()  # raises the one-line "pip install" error
-        raise OpenVINOMissingError("the OpenVINO engine is not installed")
+    if engine == "openvino":
+        if openvino is None:
+            import_openvino()  # a missing or broken install is the one-line "pip install" error
+        elif not openvino:
+            raise OpenVINOMissingError(f"the OpenVINO engine needs the openvino extra: {INSTALL_HINT}")
     if package.meta.precision == "int8" and precision not in ("auto", "int8"):
         raise EngineChoiceError(f"{package.path} is an int8 package; it runs at int8 only "
                                 "(pass its fp32 package for fp32 or bf16)")
@@ -121,7 +123,7 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
     """Decide the engine and precision for ``package`` (see the module docstring)."""
     caps = cpu_caps() if caps is None else caps
     have_ov = openvino_installed() if openvino is None else openvino
-    precheck(package, engine, precision, caps=caps, openvino=have_ov)
+    precheck(package, engine, precision, caps=caps, openvino=openvino)
     measure = measure_and_record if measure is None else measure
     given_int8 = package.meta.precision == "int8"
     explicit = precision != "auto" or given_int8
