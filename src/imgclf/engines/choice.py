@@ -9,8 +9,8 @@ CPUs with bf16 instructions), ``int8`` (the package's int8 variant written by ``
 ``benchmarks/engines.py``) that this CPU and install can run and whose accuracy gate passed: an
 int8 candidate needs a passed gate record in its package (``imgclf quantize`` measures it); a bf16
 candidate without a record is measured the first time it is considered (fp32 ONNX Runtime against
-bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into the fp32 package's ``model.json`` (kept
-in memory when the folder is read-only). An explicit precision runs even when its gate failed,
+bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into
+the fp32 package's ``model.json`` (kept in memory when the folder is read-only). An explicit precision runs even when its gate failed,
 with a warning in the reason; ``auto`` never does.
 
 ONNX Runtime has no bf16 kernels for x86 CPUs (its CPU provider computes bf16 models by casting
@@ -42,7 +42,8 @@ ENGINE_ARGS = ("auto", "onnxruntime", "openvino")
 PRECISION_ARGS = ("auto", "fp32", "bf16", "int8")
 INT8_DIR = "int8"
 # Fastest first on a CPU with bf16 and VNNI (docs/benchmarks.md, "Engines and precisions"). The
-# order of ONNX Runtime int8 and OpenVINO bf16 differs between models; it matters only when
+# order of ONNX Runtime int8 and OpenVINO bf16 differs between models (ONNX Runtime int8 is even
+# slower than fp32 on the depthwise convolutions of EfficientNet-Lite0); it matters only when
 # OpenVINO int8 is out (no extra, or its gate failed).
 RANKING: tuple[tuple[str, str], ...] = (
     ("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "bf16"), ("openvino", "fp32"),
