@@ -144,8 +144,9 @@ def test_impossible_requests_are_one_line_errors(package_dir):
 
 def test_the_openvino_engine_without_the_extra_says_how_to_install(package_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an install without the extra sees
-    with pytest.raises(OpenVINOMissingError, match=r"pip install 'imgclf\[openvino\]'"):
-        precheck(load_package(package_dir), "openvino", "fp32", caps=FAST, openvino=False)
+    for known in (False, None):  # told it is missing, or finding out by importing it
+        with pytest.raises(OpenVINOMissingError, match=r"pip install 'imgclf\[openvino\]'"):
+            precheck(load_package(package_dir), "openvino", "fp32", caps=FAST, openvino=known)
     from imgclf.engines.openvino import OpenVINOEngine
 
     with pytest.raises(OpenVINOMissingError, match=r"pip install 'imgclf\[openvino\]'"):

@@ -9,8 +9,8 @@ CPUs with bf16 instructions), ``int8`` (the package's int8 variant written by ``
 ``benchmarks/engines.py``) that this CPU and install can run and whose accuracy gate passed: an
 int8 candidate needs a passed gate record in its package (``imgclf quantize`` measures it); a bf16
 candidate without a record is measured the first time it is considered (fp32 ONNX Runtime against
-bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into the fp32 package's ``model.json`` (kept
-in memory when the folder is read-only). An explicit precision runs even when its gate failed,
+bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into
+the fp32 package's ``model.json`` (kept in memory when the folder is read-only). An explicit precision runs even when its gate failed,
 with a warning in the reason; ``auto`` never does.
 
 ONNX Runtime has no bf16 kernels for x86 CPUs (its CPU provider computes bf16 models by casting
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from imgclf.engine import Engine
 from imgclf.engines.cpu import BF16_FLAGS, INT8_FLAGS, CpuCaps, cpu_caps
-from imgclf.engines.openvino import OpenVINOMissingError, import_openvino
+from imgclf.engines.openvino import INSTALL_HINT, OpenVINOMissingError, import_openvino
 from imgclf.errors import UserError
 from imgclf.package import GateRecord, ModelPackage, is_package_dir, load_package
 
@@ -42,7 +42,8 @@ ENGINE_ARGS = ("auto", "onnxruntime", "openvino")
 PRECISION_ARGS = ("auto", "fp32", "bf16", "int8")
 INT8_DIR = "int8"
 # Fastest first on a CPU with bf16 and VNNI (docs/benchmarks.md, "Engines and precisions"). The
-# order of ONNX Runtime int8 and OpenVINO bf16 differs between models; it matters only when
+# order of ONNX Runtime int8 and OpenVINO bf16 differs between models (ONNX Runtime int8 is even
+# slower than fp32 on the depthwise convolutions of EfficientNet-Lite0); it matters only when
 # OpenVINO int8 is out (no extra, or its gate failed).
 RANKING: tuple[tuple[str, str], ...] = (
     ("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "bf16"), ("openvino", "fp32"),
@@ -97,9 +98,11 @@ def precheck(package: ModelPackage, engine: str = "auto", precision: str = "auto
     cannot run ``package`` here is a one-line error (``imgclf serve`` calls this before listening)."""
     check_args(engine, precision)
     caps = cpu_caps() if caps is None else caps
-    if engine == "openvino" and not (openvino_installed() if openvino is None else openvino):
-        import_openvino()  # raises the one-line "pip install" error
-        raise OpenVINOMissingError("the OpenVINO engine is not installed")
+    if engine == "openvino":
+        if openvino is None:
+            import_openvino()  # a missing or broken install is the one-line "pip install" error
+        elif not openvino:
+            raise OpenVINOMissingError(f"the OpenVINO engine needs the openvino extra: {INSTALL_HINT}")
     if package.meta.precision == "int8" and precision not in ("auto", "int8"):
         raise EngineChoiceError(f"{package.path} is an int8 package; it runs at int8 only "
                                 "(pass its fp32 package for fp32 or bf16)")
@@ -121,7 +124,7 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
     """Decide the engine and precision for ``package`` (see the module docstring)."""
     caps = cpu_caps() if caps is None else caps
     have_ov = openvino_installed() if openvino is None else openvino
-    precheck(package, engine, precision, caps=caps, openvino=have_ov)
+    precheck(package, engine, precision, caps=caps, openvino=openvino)
     measure = measure_and_record if measure is None else measure
     given_int8 = package.meta.precision == "int8"
     explicit = precision != "auto" or given_int8
