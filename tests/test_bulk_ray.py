@@ -248,6 +248,37 @@ def test_option_errors_are_one_line_and_exit_2(capsys, sample_jpegs, argv, messa
     assert __import__("re").search(message, err), err
 
 
+def test_torch_engine_with_ray_is_one_line_and_exit_2(capsys, sample_jpegs, tmp_path):
+    argv = ["predict", "--ray", "--out", str(tmp_path / "r.jsonl"), "--engine", "torch", str(sample_jpegs["chelsea"])]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "imgclf: error: --ray runs a model package on ONNX Runtime or OpenVINO, not torch\n"
+
+
+@pytest.mark.parametrize(("extra", "engine_name"), [([], "onnxruntime"), (["--engine", "openvino"], "openvino")])
+def test_engine_and_precision_reach_the_actors(monkeypatch, tiny, sample_jpegs, tmp_path, extra, engine_name):
+    """``--engine`` is chosen on the driver and the actors' factory builds that engine (Ray not started)."""
+    import contextlib
+
+    from imgclf.bulk import cluster
+    from imgclf.bulk.job import BulkSummary
+
+    if engine_name == "openvino":
+        pytest.importorskip("openvino")
+    seen = {}
+
+    def fake_predict_bulk(locations, package, out, options, make_engine):
+        seen["engine"] = make_engine(str(package.path), 1)
+        return BulkSummary(total=1, skipped=0, predicted=1, errors=0, rows=1)
+
+    monkeypatch.setattr(cluster, "import_ray", lambda: __import__("types").SimpleNamespace(exceptions=None))
+    monkeypatch.setattr(cluster, "connected", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(bulk_job, "predict_bulk", fake_predict_bulk)
+    argv = ["predict", "--ray", "--out", str(tmp_path / "r.jsonl"), "--model", str(tiny), *extra,
+            str(sample_jpegs["chelsea"])]
+    assert main(argv) == 0
+    assert seen["engine"].engine_name == engine_name
+
+
 def test_an_address_nothing_listens_on_is_refused_at_once():
     import socket
 

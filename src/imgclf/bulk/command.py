@@ -39,6 +39,8 @@ def validate(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise UserError("--ray needs --out FILE (.parquet or .jsonl)")
+    if args.engine == "torch":
+        raise UserError("--ray runs a model package on ONNX Runtime or OpenVINO, not torch")
     if args.json:
         raise UserError("--json prints answers; with --ray they go to --out")
     for name, value in (("--workers", args.workers), ("--worker-threads", args.worker_threads),
@@ -50,20 +52,28 @@ def validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.bulk.cluster import connected, import_ray, local_cpus
     from imgclf.bulk.job import BulkOptions, predict_bulk
+    from imgclf.bulk.predictor import ChosenEngine, EngineFactory, onnx_engine
     from imgclf.bulk.output import output_format
     from imgclf.bulk.sources import list_sources
-    from imgclf.resolve import ensure_package
+    from imgclf.engines.choice import choose
+    from imgclf.resolve import ensure_package, package_engine_args
     from imgclf.zoo.registry import DEFAULT_MODEL
 
     output_format(Path(args.out))
     ray = import_ray()  # a missing extra is reported before a zoo model is exported
     locations = list_sources(args.images)
     package = ensure_package(args.model or DEFAULT_MODEL, weights=args.weights)
+    make_engine: EngineFactory = onnx_engine
+    if args.engine is not None or args.precision is not None:
+        # Chosen here, once (an auto choice may measure a gate), so every actor runs the same engine.
+        choice = choose(package, *package_engine_args(args.engine or "default", args.precision))
+        print(f"imgclf: engine {choice.describe()}", file=sys.stderr)
+        package, make_engine = choice.package, ChosenEngine(choice.engine, choice.precision)
     options = BulkOptions(workers=args.workers, threads=args.worker_threads, batch_size=args.batch_size,
                           k=args.top_k, progress=not args.no_progress and sys.stderr.isatty())
     with connected(args.ray_address, num_cpus=local_cpus(args.workers, args.worker_threads)):
         try:
-            summary = predict_bulk(locations, package, args.out, options)
+            summary = predict_bulk(locations, package, args.out, options, make_engine)
         except ray.exceptions.RayError as exc:  # a lost node or worker, after Ray's own retries
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BulkJobError(f"the Ray job stopped: {first}; the rows answered so far are kept: run the same "

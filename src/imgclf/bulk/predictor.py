@@ -11,6 +11,7 @@ through with their error and ``-1`` indices; they never reach the engine.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,23 @@ def onnx_engine(package_dir: str, threads: int) -> Engine:
     from imgclf.package import load_package
 
     return OnnxEngine(load_package(package_dir), threads=threads)
+
+
+@dataclass(frozen=True)
+class ChosenEngine:
+    """The factory for ``--engine``/``--precision``: the engine and precision are chosen once on the
+    driver (:func:`imgclf.engines.choice.choose`, gates included) and every actor builds that one;
+    the driver ships the package the choice runs (the int8 variant for int8)."""
+
+    engine: str
+    precision: str
+
+    def __call__(self, package_dir: str, threads: int) -> Engine:
+        from imgclf.engines.choice import EngineChoice, build
+        from imgclf.package import load_package
+
+        return build(EngineChoice(self.engine, self.precision, "chosen on the driver", load_package(package_dir)),
+                     threads=threads)
 
 
 class Predictor:
