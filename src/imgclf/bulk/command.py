@@ -52,8 +52,8 @@ def validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.bulk.cluster import connected, import_ray, local_cpus
     from imgclf.bulk.job import BulkOptions, predict_bulk
-    from imgclf.bulk.predictor import ChosenEngine, EngineFactory, onnx_engine
     from imgclf.bulk.output import output_format
+    from imgclf.bulk.predictor import ChosenEngine, EngineFactory, onnx_engine
     from imgclf.bulk.sources import list_sources
     from imgclf.engines.choice import choose
     from imgclf.resolve import ensure_package, package_engine_args
