@@ -200,3 +200,15 @@ def test_evaluate_runs_on_the_engine_asked_for(lite0_copy, sample_jpegs, tmp_pat
     assert "imgclf: engine openvino fp32 (as asked)" in err
     ev = json.loads(out)
     assert (ev["n"], ev["accuracy"]) == (2, 1.0)
+
+
+def test_evaluate_compares_two_models_on_the_engine_asked_for(lite0_copy, sample_jpegs, tmp_path, capsys):
+    from imgclf.cli import main
+
+    data = tmp_path / "data"
+    for label, name in (("tiger cat", "chelsea"), ("espresso", "coffee")):
+        (data / label).mkdir(parents=True)
+        (data / label / f"{name}.jpg").write_bytes(sample_jpegs[name].read_bytes())
+    assert main(["evaluate", str(lite0_copy), str(lite0_copy), "--data", str(data), "--format", "folder",
+                 "--engine", "openvino", "--out", str(tmp_path / "cmp"), "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("imgclf: engine openvino fp32 (as asked)") == 2

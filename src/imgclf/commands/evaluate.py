@@ -112,7 +112,10 @@ def compare(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise UserError("--data is required: the images both models are compared on")
-    a, b = (open_model(m) for m in args.model)
+    a, b = (open_model(m, runtime=args.engine or "default", precision=args.precision) for m in args.model)
+    for loaded in (a, b):
+        if loaded.choice is not None and (args.engine or args.precision):
+            print(f"imgclf: engine {loaded.choice.describe()}", file=sys.stderr)
     names = [_label(a, args.model[0]), _label(b, args.model[1])]
     if names[0] == names[1]:
         names = list(args.model)
