@@ -178,6 +178,15 @@ def test_a_broken_new_version_is_refused_before_the_store_changes(model_dir, jpg
         assert _predict(c, jpg).json()["version"] == "1"
 
 
+def test_a_broken_versions_file_is_no_500_on_the_open_versions_route(model_dir):
+    with _client(model_dir) as c:
+        wait_ready(c)
+        (model_dir / "tiny" / "versions.json").write_text("{not json")
+        r = c.get("/v1/models/tiny/versions")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"name": "tiny", "default": "1", "previous": None, "loaded": ["1"], "available": ["1"]}
+
+
 @pytest.mark.slow
 def test_two_serve_processes_on_one_store(model_dir, jpg):
     """Two ``imgclf serve`` processes on one model directory: requests to B run without pause while

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgclf import feedback
 from imgclf.engine import Prediction, top_k
+from imgclf.model_store import StoreError
 from imgclf.server.admission import admitted
 from imgclf.server.errors import error_responses
 from imgclf.server.feedback import FeedbackService
@@ -59,8 +60,12 @@ def versions_info(request: Request, name: str) -> VersionsInfo:
     registry = app_state(request).registry
     model = use_model(request, name)
     store = registry.stores.get(name)
-    previous = store.read_state().previous if store is not None else None
-    available = list(store.versions()) if store is not None else registry.versions_of(name)
+    try:
+        previous = store.read_state().previous if store is not None else None
+        available = list(store.versions()) if store is not None else registry.versions_of(name)
+    except StoreError as exc:  # versions.json broken by hand: answer what is loaded, not a 500
+        log.warning("model %s: %s", name, exc)
+        previous, available = None, registry.versions_of(name)
     return VersionsInfo(name=name, default=model.version, previous=previous if previous in available else None,
                         loaded=registry.versions_of(name), available=available)
 
