@@ -242,3 +242,15 @@ def test_serve_refuses_a_store_from_a_later_version(serve_model_dir, tmp_path, c
     code = main(["serve", "--model", str(serve_model_dir / "tiny"), "--feedback-store", str(tmp_path), "--port", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "later imgclf" in err and err.count("\n") == 1
+
+
+def test_upload_cache_counts_each_entry_so_tiny_images_stay_bounded():
+    from imgclf.server.feedback import UploadCache
+
+    cache = UploadCache(64 * 1024)
+    for i in range(10_000):  # tiny uploads: their keys and nodes cost more than their bytes
+        cache.put(f"{i:064x}", b"GIF89a")
+    assert len(cache._items) <= 64 * 1024 // UploadCache.ENTRY_OVERHEAD
+    assert cache.get(f"{9_999:064x}") == b"GIF89a" and cache.get(f"{0:064x}") is None
+    cache.put(f"{9_999:064x}", b"GIF89a")  # the same id again replaces it: the count stays right
+    assert cache._size == len(cache._items) * (UploadCache.ENTRY_OVERHEAD + 6)

@@ -53,7 +53,13 @@ def store_error(exc: Exception) -> ApiError:
 
 
 class UploadCache:
-    """Recent uploads by SHA-256, up to ``max_bytes`` in all (least recently used go first)."""
+    """Recent uploads by SHA-256, up to ``max_bytes`` in all (least recently used go first).
+
+    Each entry is counted with :data:`ENTRY_OVERHEAD` besides its bytes (its key, the bytes object
+    and the dictionary's node), so a flood of tiny images cannot hold several times ``max_bytes``.
+    """
+
+    ENTRY_OVERHEAD = 256
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -62,16 +68,17 @@ class UploadCache:
         self._lock = threading.Lock()
 
     def put(self, sha256: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+        cost = len(data) + self.ENTRY_OVERHEAD
+        if cost > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(sha256, None)
-            self._size -= len(old) if old is not None else 0
+            self._size -= len(old) + self.ENTRY_OVERHEAD if old is not None else 0
             self._items[sha256] = data
-            self._size += len(data)
+            self._size += cost
             while self._size > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
+                self._size -= len(dropped) + self.ENTRY_OVERHEAD
 
     def get(self, sha256: str) -> bytes | None:
         with self._lock:
