@@ -83,6 +83,20 @@ def test_unreadable_calibration_file_is_a_one_line_error(tiny, tmp_path, capsys,
     assert not (tmp_path / "q").exists()
 
 
+def test_out_never_replaces_a_folder_that_is_not_a_package(tiny, tmp_path, capsys, sample_jpegs):
+    photos = str(next(iter(sample_jpegs.values())).parent)
+    models = tmp_path / "models"
+    shutil.copytree(tiny, models / "tiny")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("kept")
+    for out, message in ((models, "a folder holding it"), (tmp_path / "docs", "is not a model package")):
+        code, _, err = _run(capsys, str(models / "tiny"), "--calibration", photos, "--photos", photos,
+                            "--backend", "onnxruntime", "--out", str(out))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert load_package(models / "tiny").meta.precision == "fp32"
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "kept"
+
+
 def test_a_package_without_data_needs_calibration(tiny, capsys):
     code, _, err = _run(capsys, str(tiny))
     assert code == 2 and "records no dataset" in err

@@ -24,7 +24,7 @@ from imgclf.evaluation.gate import (
     measure_gate,
     record_gate,
 )
-from imgclf.package import GateRecord, ModelPackage, PackageMeta, load_package, write_package
+from imgclf.package import GateRecord, ModelPackage, PackageMeta, is_package_dir, load_package, write_package
 from imgclf.quantize.calibration import CalibrationSet
 from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
 from imgclf.quantize.quantizer import QuantizeError, QuantizeResult, quantize_onnx
@@ -86,8 +86,11 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     if parent.meta.precision != "fp32":
         raise QuantizeError(f"{parent.path} is already {parent.meta.precision}; quantize the fp32 package")
     target = out or default_out(parent)
-    if target.resolve() == parent.path.resolve():
-        raise QuantizeError("--out must not be the package being quantized")
+    if target.resolve() == parent.path.resolve() or target.resolve() in parent.path.resolve().parents:
+        raise QuantizeError("--out must not be the package being quantized or a folder holding it")
+    # write_package replaces its folder whole: only a package (an earlier int8 copy) may be replaced.
+    if target.exists() and not is_package_dir(target) and (not target.is_dir() or any(target.iterdir())):
+        raise QuantizeError(f"--out {target} exists and is not a model package; give a new or empty folder")
     views = f" x {calibration.views} views" if calibration.views > 1 else ""
     log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
     inputs = calibration.inputs(parent.spec)
