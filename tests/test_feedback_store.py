@@ -273,6 +273,19 @@ def test_label_dir_never_escapes():
         assert name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
 
 
+def test_long_labels_export_into_distinct_folders_the_file_system_takes(tmp_path):
+    s = FeedbackStore.open(None, tmp_path / "store")
+    labels = ["é" * 200 + "cat", "é" * 200 + "dog"]  # 403 bytes each, the same first 255
+    for i, label in enumerate(labels):
+        record, _ = s.record(model="m", version="1", label=label, client="c", image=png(i))
+        s.set_status([record.id], "accepted", "test")
+    result = export(s, tmp_path / "out")
+    folders = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert result.files == 2 and len(folders) == 2
+    assert all(len(p.name.encode()) <= 255 and len(list(p.iterdir())) == 1 for p in folders)
+    s.close()
+
+
 def test_rate_limiter_is_per_client_and_refills():
     rl = RateLimiter(per_minute=60, burst=2, max_clients=3)
     assert rl.take("a", now=0) == 0 and rl.take("a", now=0) == 0

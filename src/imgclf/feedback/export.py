@@ -15,6 +15,7 @@ are decoded (EXIF orientation applied) and written as JPEG.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -43,11 +44,17 @@ class ExportResult:
     merged_files: int
 
 
+MAX_DIR_BYTES = 255  # the longest file name ext4, XFS, Btrfs and NTFS take
+
+
 def label_dir(label: str) -> str:
     """A label as a folder name: never a path (no separators, no '.' or '..', no NUL)."""
     name = label.replace("/", "_").replace("\\", "_").replace("\x00", "")
     if name.strip(".") == "" or name != name.strip():
         name = "_" + name.strip() + "_"
+    if len(name.encode()) > MAX_DIR_BYTES:  # file systems refuse longer names: cut, and keep labels apart
+        digest = hashlib.sha256(label.encode()).hexdigest()[:12]
+        name = name.encode()[:MAX_DIR_BYTES - 13].decode("utf-8", "ignore") + "-" + digest
     return name
 
 
