@@ -83,6 +83,25 @@ def test_any_batch_size_runs_on_one_compiled_model(lite0_package, photo_batch):
         np.testing.assert_allclose(engine.logits(batch[:n]), full[:n], atol=1e-4)
 
 
+def test_engines_released_out_of_order_leave_the_threads_signal_stack_valid(lite0_package):
+    # OpenVINO installs its own alternate signal stack when it compiles and puts back the one it found
+    # when released; released in build order, the thread was left on a freed stack and the next
+    # SIGINT/SIGTERM crashed the process.
+    import gc
+
+    from imgclf.engines.signal_stack import current
+
+    before = current()
+    first = OpenVINOEngine(load_package(lite0_package))
+    second = OpenVINOEngine(load_package(lite0_package))
+    assert current() == before
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert current() == before
+
+
 def test_thread_settings_are_applied_and_civil(lite0_package):
     package = load_package(lite0_package)
     ov = OpenVINOEngine(package, precision="bf16" if CAPS.bf16 else "fp32", threads=1)

@@ -18,6 +18,7 @@ import numpy as np
 from imgclf.engines.base import LogitsEngine
 from imgclf.engines.onnxruntime import default_threads
 from imgclf.engines.outputs import Array
+from imgclf.engines.signal_stack import kept_signal_stack
 from imgclf.errors import UserError
 from imgclf.package import ModelPackage, OutputKind, PackageError
 from imgclf.preprocess import PreprocessSpec
@@ -82,30 +83,39 @@ class OpenVINOEngine(LogitsEngine):
         self.output_kind: OutputKind = meta.output_kind
         self.threads = threads or default_threads()
         self.config = compile_config(precision, self.threads)
-        core = ov.Core()
-        try:
-            model = core.read_model(str(package.onnx_path))
-            names_in = [n for p in model.inputs for n in p.get_names()]
-            names_out = [n for p in model.outputs for n in p.get_names()]
-            if meta.input_name not in names_in:
-                raise PackageError(f"model.json names input {meta.input_name!r}, but model.onnx has {names_in}")
-            if meta.output_name not in names_out:
-                raise PackageError(f"model.json names output {meta.output_name!r}, but model.onnx has {names_out}")
-            shape = model.input(meta.input_name).get_partial_shape()
-            if shape.rank.is_static and shape.rank.get_length() == 4:
-                dims = list(shape)
-                dims[0] = ov.Dimension()  # any batch size, compiled once
-                model.reshape({meta.input_name: ov.PartialShape(dims)})
-            self.compiled: openvino.CompiledModel = core.compile_model(model, "CPU", self.config)
-        except PackageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long texts
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PackageError(f"{package.path} cannot be compiled by OpenVINO: {first}") from None
-        self.input_name, self.output_name = meta.input_name, meta.output_name
-        self._output = self.compiled.output(meta.output_name)
-        self._request = self.compiled.create_infer_request()
+        # OpenVINO leaves its own alternate signal stack on this thread: see engines/signal_stack.
+        with kept_signal_stack():
+            core = ov.Core()
+            try:
+                model = core.read_model(str(package.onnx_path))
+                names_in = [n for p in model.inputs for n in p.get_names()]
+                names_out = [n for p in model.outputs for n in p.get_names()]
+                if meta.input_name not in names_in:
+                    raise PackageError(f"model.json names input {meta.input_name!r}, but model.onnx has {names_in}")
+                if meta.output_name not in names_out:
+                    raise PackageError(f"model.json names output {meta.output_name!r}, but model.onnx has {names_out}")
+                shape = model.input(meta.input_name).get_partial_shape()
+                if shape.rank.is_static and shape.rank.get_length() == 4:
+                    dims = list(shape)
+                    dims[0] = ov.Dimension()  # any batch size, compiled once
+                    model.reshape({meta.input_name: ov.PartialShape(dims)})
+                self.compiled: openvino.CompiledModel = core.compile_model(model, "CPU", self.config)
+            except PackageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long texts
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise PackageError(f"{package.path} cannot be compiled by OpenVINO: {first}") from None
+            self.input_name, self.output_name = meta.input_name, meta.output_name
+            self._output = self.compiled.output(meta.output_name)
+            self._request = self.compiled.create_infer_request()
+            del core
         self._lock = threading.Lock()  # one request, one batch at a time
+
+    def __del__(self) -> None:
+        # Released inside the guard too: OpenVINO puts back, on this thread, the stack it found at build.
+        with kept_signal_stack():
+            for attr in ("_request", "_output", "compiled"):
+                self.__dict__.pop(attr, None)
 
     def applied(self, key: str) -> Any:  # noqa: ANN401 - OpenVINO property values vary in type
         """The compiled model's value of an OpenVINO property (what OpenVINO really uses)."""
