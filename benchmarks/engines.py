@@ -98,7 +98,7 @@ def make_int8(package_dir: Path) -> tuple[Path, str]:
     out = package_dir / "int8"
     if not is_package_dir(out):
         parent = load_package(package_dir)
-        quantize_package(parent, bundled(parent), photos=tuple(photos_dir() / n for n in GATE))
+        quantize_package(parent, bundled(), photos=tuple(photos_dir() / n for n in GATE))
     return out, "imgclf quantize (NNCF, the shipped calibration photos)"
 
 
