@@ -10,6 +10,23 @@ import pytest
 # Torch's OpenMP threads spin by default; on a shared 2-core machine that starves everything else.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for a module's page tests; skips, saying why, where it is not installed."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
 
 @pytest.fixture(scope="session")
 def sample_jpegs(tmp_path_factory) -> dict[str, Path]:

@@ -13,9 +13,8 @@ from serve_support import live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+pytest.importorskip("sqlalchemy", reason="the feedback store needs the feedback extra: pip install 'imgclf[feedback]'")
+
 KEY = "page-review-key"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -24,18 +23,6 @@ def screenshot(page, name: str, tmp_path: Path) -> None:
     shot = (DOCS if os.environ.get("IMGCLF_UPDATE_SCREENSHOT") == "1" else tmp_path) / name
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000  # a real rendering, not a blank page
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    pytest.importorskip("sqlalchemy")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
