@@ -1,11 +1,13 @@
 """Engines and precisions side by side: ONNX Runtime and OpenVINO at fp32, bf16 and int8.
 
-    python benchmarks/engines.py --work DIR [--models efficientnet_lite0,resnet50,vgg16]
+    python benchmarks/engines.py --work DIR [--models efficientnet_lite0,resnet50,vgg16,PACKAGE_DIR]
                                  [--images DIR] [--rounds 2] [--no-server]
 
 1. Packages in DIR (made once): EfficientNet-Lite0 with its real weights; ResNet50 and VGG16 with
    random weights (only their speed is measured). Each gets an int8 variant in PACKAGE/int8 by
    ``imgclf quantize`` (its default NNCF backend, calibrated on the photos shipped with imgclf).
+   A package folder given in ``--models`` (trained or fine-tuned) is measured as it is, its int8
+   variant made by ``imgclf quantize``'s defaults (its own splits) when PACKAGE/int8 is missing.
 2. For every model, every variant this CPU runs (ORT fp32, OV fp32, OV bf16, ORT int8, OV int8):
    batch-16 throughput and batch-1 latency on the engine alone (no decode), all variants in turn,
    ``--rounds`` times, so background load drifts over all of them alike; ratios are against ORT
@@ -88,18 +90,20 @@ def make_package(name: str, work: Path) -> Path:
 
 
 def make_int8(package_dir: Path) -> tuple[Path, str]:
-    """``package_dir/int8`` by ``imgclf quantize`` (NNCF, its default; calibrated on the photos shipped
-    with imgclf, gated on the held-out ones), and how it was made."""
+    """``package_dir/int8`` by ``imgclf quantize``'s defaults (NNCF; a zoo model calibrated on the
+    photos shipped with imgclf and gated on the held-out ones, a trained package on its own splits),
+    and how it was made."""
     from imgclf.package import is_package_dir, load_package
     from imgclf.quantize.build import quantize_package
-    from imgclf.quantize.calibration import bundled
-    from imgclf.quantize.photos import GATE, photos_dir
+    from imgclf.quantize.sources import default_calibration, default_gate
 
     out = package_dir / "int8"
+    parent = load_package(package_dir)
     if not is_package_dir(out):
-        parent = load_package(package_dir)
-        quantize_package(parent, bundled(), photos=tuple(photos_dir() / n for n in GATE))
-    return out, "imgclf quantize (NNCF, the shipped calibration photos)"
+        labelled, photos = default_gate(parent)
+        quantize_package(parent, default_calibration(parent), labelled=labelled, photos=photos)
+    how = "its own splits" if parent.meta.provenance.dataset is not None else "the shipped photos"
+    return out, f"imgclf quantize's defaults (NNCF, calibrated on {how})"
 
 
 # -- engines alone ---------------------------------------------------------------------------
@@ -143,7 +147,7 @@ def bench_model(name: str, package_dir: Path, variants: list[tuple[str, str]], r
     photos = np.stack([preprocess(a, spec) for a in sample_photos().values()])
     rng = np.random.default_rng(0)
     batch16 = np.concatenate([photos, rng.standard_normal((16 - len(photos), *photos.shape[1:]), np.float32)])
-    calls16, calls1 = ITERS.get(name, (4, 10))
+    calls16, calls1 = ITERS.get(name, (8, 20))
     results: dict[tuple[str, str], dict] = {v: {"ips": [], "ms": []} for v in variants}
     for _ in range(rounds):
         for v in variants:
@@ -266,15 +270,21 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     lite0_dir = None
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        package_dir = make_package(name, work)
+    from imgclf.package import is_package_dir, load_package
+
+    for entry in [m.strip() for m in args.models.split(",") if m.strip()]:
+        # A zoo name (made in --work) or the path of a trained or fine-tuned package.
+        own = is_package_dir(Path(entry))
+        package_dir = Path(entry) if own else make_package(entry, work)
+        name = load_package(package_dir).name if own else entry
         if name == "efficientnet_lite0":
             lite0_dir = package_dir
         how = make_int8(package_dir)[1] if any(p == "int8" for _, p in variants) else "-"
         res = bench_model(name, package_dir, variants, args.rounds)
-        weights = "real weights" if name == "efficientnet_lite0" else "random weights"
+        real = own or name == "efficientnet_lite0"
+        weights = ("trained package " + str(package_dir)) if own else "real weights" if real else "random weights"
         print(f"### {name} ({weights}); int8 by {how}\n")
-        gates = recorded_gates(package_dir, variants, measure_bf16=name == "efficientnet_lite0")
+        gates = recorded_gates(package_dir, variants, measure_bf16=real)
         print("| engine | precision | batch-16 images/s (each round) | vs ORT fp32 | batch-1 ms (median) |"
               " top-1 on 5 photos = fp32 | recorded accuracy gate |")
         print("|---|---|---:|---:|---:|---|---|")
@@ -283,7 +293,7 @@ def main() -> int:
             r = res[v]
             ratios = [a / b for a, b in zip(r["ips"], base["ips"], strict=True)]
             same = "yes" if r["top1"] == base["top1"] else f"no ({r['top1']} vs {base['top1']})"
-            if name != "efficientnet_lite0":
+            if not real:
                 same += " (random weights: not meaningful)"
             print(f"| {v[0]} | {v[1]} | {' / '.join(f'{x:.1f}' for x in r['ips'])} | "
                   f"{' / '.join(f'{x:.2f}x' for x in ratios)} | {statistics.median(r['ms']):.1f} | {same} | "

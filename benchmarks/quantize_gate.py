@@ -36,12 +36,14 @@ from imgclf.quantize.fixes import Fixes
 from imgclf.quantize.sources import default_calibration, default_gate
 
 VARIANTS: dict[str, tuple[str, Fixes]] = {
-    "ort-minmax": ("onnxruntime", Fixes(bias_correction="none", keep_first_last=False)),
-    "ort-minmax-keep-first-last": ("onnxruntime", Fixes(bias_correction="none", keep_first_last=True)),
-    "nncf-no-bc": ("nncf", Fixes(bias_correction="none", keep_first_last=False)),
-    "nncf-fast-bc": ("nncf", Fixes(bias_correction="fast", keep_first_last=False)),
-    "nncf-fast-bc-keep-first-last": ("nncf", Fixes(bias_correction="fast", keep_first_last=True)),
-    "nncf-full-bc-keep-first-last": ("nncf", Fixes(bias_correction="full", keep_first_last=True)),
+    "ort-minmax": ("onnxruntime", Fixes(bias_correction="none", keep_first_last=False, max_float_layers=0)),
+    "ort-minmax-keep-first-last": ("onnxruntime", Fixes(bias_correction="none", keep_first_last=True, max_float_layers=0)),
+    "nncf-no-bc": ("nncf", Fixes(bias_correction="none", keep_first_last=False, max_float_layers=0)),
+    "nncf-fast-bc": ("nncf", Fixes(bias_correction="fast", keep_first_last=False, max_float_layers=0)),
+    "nncf-fast-bc-keep-first-last": ("nncf", Fixes(bias_correction="fast", keep_first_last=True, max_float_layers=0)),
+    "nncf-full-bc-keep-first-last": ("nncf", Fixes(bias_correction="full", keep_first_last=True, max_float_layers=0)),
+    # imgclf quantize's default: the above with accuracy control (up to 8 layer groups back to float)
+    "nncf-fast-bc-keep-first-last-ac8": ("nncf", Fixes(bias_correction="fast", keep_first_last=True, max_float_layers=8)),
 }
 
 
@@ -124,6 +126,7 @@ def main() -> int:
     ap.add_argument("--shipped-calibration", action="store_true",
                     help="also quantize each zoo model with the default settings calibrated on the photos shipped "
                          "with imgclf (what 'imgclf quantize' does without --calibration)")
+    ap.add_argument("--bf16", action="store_true", help="also gate OpenVINO at bf16 on the same photos")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -150,9 +153,17 @@ def main() -> int:
             lines.append(row(model, f"fp32 + uniform noise of +-{levels} grey levels (not int8)", record, None,
                              confident_agreement(fp32, NoisyEngine(fp32.engine, levels), inputs)))
             log(lines[-1])
+        if args.bf16:
+            from imgclf.engines.openvino import OpenVINOEngine
+
+            bf16 = OpenVINOEngine(parent, precision="bf16")
+            record = measure_gate(fp32, bf16, labelled=None, photos=photos, engine="openvino", precision="bf16")
+            lines.append(row(model, "bf16 (OpenVINO's inference precision, not int8)", record, None,
+                             confident_agreement(fp32, bf16, inputs)))
+            log(lines[-1])
         runs = [(v, *VARIANTS[v], calibration) for v in args.variants]
         if args.shipped_calibration:
-            runs.append(("nncf-fast-bc-keep-first-last, shipped photos", "nncf", Fixes(), bundled()))
+            runs.append(("default (nncf-fast-bc-keep-first-last-ac8), shipped photos", "nncf", Fixes(), bundled()))
         for variant, backend, fixes, cal in runs:
             t = time.perf_counter()
             done = quantize_package(parent, cal, out=args.work / f"{model}-{variant.replace(', ', '-')}",
@@ -172,7 +183,7 @@ def main() -> int:
                                 labelled=labelled, photos=gate_photos, log=log)
         seconds = time.perf_counter() - t
         for record in done.gates:
-            lines.append(row(parent.name, "default (nncf-fast-bc-keep-first-last)", record, seconds))
+            lines.append(row(parent.name, "default (nncf-fast-bc-keep-first-last-ac8)", record, seconds))
             records.append({"model": parent.name, "variant": "default", **record.to_dict()})
             log(lines[-1])
     print("\n".join(lines))

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from imgclf.errors import UserError
+from imgclf.quantize.fixes import DEFAULT_FIXES
 
 NAME = "quantize"
 HELP = "write an int8 copy of a model package (calibrated, accuracy-gated against fp32)"
@@ -30,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the first layer and the classifier too (default: keep them in float)")
     p.add_argument("--keep", action="append", default=[], metavar="NODE",
                    help="ONNX node name to keep in float (repeatable)")
+    p.add_argument("--max-float-layers", type=int, default=DEFAULT_FIXES.max_float_layers, metavar="N",
+                   help="accuracy control: when int8 misses the gate's target on the calibration images, put "
+                        "back in float up to N of the layer groups that hurt most (nncf backend; 0: off; "
+                        f"default: {DEFAULT_FIXES.max_float_layers})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
+    if args.max_float_layers < 0:
+        raise UserError("--max-float-layers must be 0 or more")
     parent = load_package(args.package)
     if args.eval or args.photos:
         labelled = labelled_folder(args.eval) if args.eval else None
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = (from_folder(args.calibration, args.samples) if args.calibration
                    else default_calibration(parent, args.samples))
     fixes = Fixes(bias_correction=args.bias_correction, keep_first_last=not args.quantize_first_last,
-                  keep=tuple(args.keep))
+                  keep=tuple(args.keep), max_float_layers=args.max_float_layers)
     done = quantize_package(parent, calibration, out=Path(args.out) if args.out else None, labelled=labelled,
                             photos=photos, backend=args.backend, fixes=fixes,
                             log=lambda line: print(line, file=sys.stderr))

@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from imgclf.engine import Engine, OnnxEngine
 from imgclf.evaluation.gate import (
     DEFAULT_THRESHOLDS,
@@ -25,6 +28,7 @@ from imgclf.evaluation.gate import (
     record_gate,
 )
 from imgclf.package import GateRecord, ModelPackage, PackageMeta, is_package_dir, load_package, write_package
+from imgclf.quantize.accuracy import Target
 from imgclf.quantize.calibration import CalibrationSet
 from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
 from imgclf.quantize.quantizer import QuantizeError, QuantizeResult, quantize_onnx
@@ -94,15 +98,20 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     views = f" x {calibration.views} views" if calibration.views > 1 else ""
     log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
     inputs = calibration.inputs(parent.spec)
+    reference = reference or OnnxEngine(parent)
+    goal = accuracy_target(reference, calibration, inputs, thresholds) if fixes.max_float_layers else None
+    if goal is not None:
+        log(f"accuracy control: up to {fixes.max_float_layers} layer group(s) back to float until int8 "
+            + ("is within the gate's top-1 drop on the labelled calibration images" if goal.labelled
+               else "agrees with fp32 as the gate asks on the calibration images"))
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
         onnx_int8 = Path(tmp) / "model.onnx"
         result = quantize_onnx(parent.onnx_path, onnx_int8, inputs, input_name=parent.meta.input_name,
-                               backend=backend, fixes=fixes)
+                               backend=backend, fixes=fixes, target=goal)
         written = write_package(target, onnx_int8, int8_meta(parent, calibration, result))
     log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
         f"weights, float: {', '.join(result.float_nodes) or 'none'})")
     records = []
-    reference = reference or OnnxEngine(parent)
     for name, make in engines_to_gate():
         log(f"accuracy gate, {name}: int8 vs fp32")
         record = measure_gate(reference, make(written), labelled=labelled, photos=photos, engine=name,
@@ -110,6 +119,19 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
         record_gate(written.path, record)
         records.append(record)
     return Quantized(load_package(written.path), result, tuple(records))
+
+
+def accuracy_target(reference: Engine, calibration: CalibrationSet, inputs: npt.NDArray[np.float32],
+                    thresholds: GateThresholds) -> Target:
+    """What accuracy control aims for on the calibration inputs: labelled when every calibration
+    image has a class the model knows, else agreement with ``reference``'s outputs."""
+    ref = np.concatenate([np.asarray(reference.logits(inputs[i:i + 32]), np.float32)
+                          for i in range(0, len(inputs), 32)])
+    labels = None
+    names = list(reference.labels)
+    if calibration.labels is not None and calibration.views == 1 and all(c in names for c in calibration.labels):
+        labels = np.asarray([names.index(c) for c in calibration.labels], np.int64)
+    return Target(ref, labels, thresholds)
 
 
 def describe_gate(record: GateRecord) -> str:

@@ -46,6 +46,7 @@ class CalibrationSet:
     root: Path | None = None
     images: npt.NDArray[np.uint8] | None = field(default=None, compare=False)  # (N, H, W, C)
     views: int = 1  # crops per file: a handful of photos gives ranges too narrow for the photos to come
+    labels: tuple[str, ...] | None = None  # class name per image, for a dataset's split
 
     def count(self) -> int:
         """Calibration inputs: images times views."""
@@ -131,11 +132,14 @@ def from_split(dataset: RawDataset, split: str, samples: int = DEFAULT_SAMPLES) 
     if data is None or not len(data):
         raise CalibrationError(f"{dataset.root} has no {split} split to calibrate on")
     description = f"{dataset.name} ({split} split, {dataset.root})"
-    if data.files is not None:
-        return CalibrationSet(f"{split} split", description, tuple(sample(data.files, samples)), root=dataset.root)
-    assert data.images is not None  # a split holds files or decoded images
+    # The same seeded choice as sample(): the files and their labels stay paired.
     idx = np.asarray(sorted(random.Random(0).sample(range(len(data)), min(samples, len(data)))), np.int64)
-    return CalibrationSet(f"{split} split", description, images=data.images[idx])
+    chosen = data.take(idx)
+    labels = tuple(dataset.classes[int(t)] for t in chosen.labels)
+    if chosen.files is not None:
+        return CalibrationSet(f"{split} split", description, tuple(chosen.files), root=dataset.root, labels=labels)
+    assert chosen.images is not None  # a split holds files or decoded images
+    return CalibrationSet(f"{split} split", description, images=chosen.images, labels=labels)
 
 
 def bundled() -> CalibrationSet:

@@ -27,10 +27,13 @@ class Fixes:
     bias_correction: str = "fast"  # "fast" (per layer, one pass), "full" (layer by layer, slower) or "none"
     keep_first_last: bool = True  # the first weighted layer and the classifier stay float
     keep: tuple[str, ...] = ()  # further node names to keep in float
+    # Accuracy control (imgclf.quantize.accuracy): when int8 misses its target on the calibration
+    # images, up to this many of the most sensitive layer groups go back to float (0: never).
+    max_float_layers: int = 8
 
     def to_dict(self) -> dict[str, object]:
         return {"bias_correction": self.bias_correction, "keep_first_last": self.keep_first_last,
-                "keep": list(self.keep)}
+                "keep": list(self.keep), "max_float_layers": self.max_float_layers}
 
 
 BIAS_CORRECTIONS = ("fast", "full", "none")

@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from imgclf.errors import UserError
-from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes, float_nodes
+from imgclf.quantize.accuracy import Target
+from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes, float_nodes, weighted_nodes
 
 BACKENDS = ("nncf", "onnxruntime")
 EXTRA_HINT = "pip install 'imgclf[quantize]'"
@@ -38,7 +39,7 @@ class QuantizeError(UserError, ValueError):
 class QuantizeResult:
     backend: str
     fixes: Fixes
-    float_nodes: tuple[str, ...]  # weighted nodes left in float
+    float_nodes: tuple[str, ...]  # weighted nodes left in float (asked for, and restored by accuracy control)
     int8_tensors: int  # DequantizeLinear nodes in the written graph (weights and activations)
     per_channel_weights: int  # of them, per-channel (an axis and one scale per output channel)
 
@@ -58,8 +59,10 @@ def _require(module: str) -> Any:  # noqa: ANN401 - a module
 
 
 def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, input_name: str,
-                  backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES) -> QuantizeResult:
-    """Write the int8 QDQ form of ``src`` to ``dst``, calibrated on ``inputs`` ``(N, C, S, S)``."""
+                  backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES, target: Target | None = None) -> QuantizeResult:
+    """Write the int8 QDQ form of ``src`` to ``dst``, calibrated on ``inputs`` ``(N, C, S, S)``.
+    With ``fixes.max_float_layers`` and a ``target`` (the nncf backend), accuracy control restores
+    the most sensitive layers to float until ``target`` is met on ``inputs``."""
     if backend not in BACKENDS:
         raise QuantizeError(f"unknown quantization backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if not len(inputs):
@@ -68,10 +71,11 @@ def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, inpu
     model = onnx.load(str(src))
     keep = float_nodes(model, fixes)
     if backend == "nncf":
-        _nncf(model, dst, inputs, input_name, keep, fixes)
+        constants_as_initializers(model)
+        _nncf(model, dst, inputs, input_name, keep, fixes, target)
     else:
-        if fixes.bias_correction != "none":
-            fixes = replace(fixes, bias_correction="none")  # ONNX Runtime's quantizer has none
+        # ONNX Runtime's quantizer has neither bias correction nor accuracy control.
+        fixes = replace(fixes, bias_correction="none", max_float_layers=0)
         _onnxruntime(src, dst, inputs, input_name, keep)
     written = onnx.load(str(dst))
     # Every int8 tensor, weight or activation, is read through a DequantizeLinear; a weight's input
@@ -82,7 +86,41 @@ def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, inpu
                       and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1)
     if not dq_nodes:
         raise QuantizeError(f"{src.name}: the quantizer found nothing to quantize in this graph")
-    return QuantizeResult(backend, fixes, tuple(keep), len(dq_nodes), per_channel)
+    return QuantizeResult(backend, fixes, tuple(float_weighted(written)), len(dq_nodes), per_channel)
+
+
+def constants_as_initializers(model: Any) -> None:  # noqa: ANN401 - an onnx.ModelProto, changed in place
+    """Turn ``Constant`` nodes, and ``Identity`` nodes of an initializer (how a PyTorch export
+    shares one weight between layers), into initializers: NNCF finds a layer's weight only there."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        inits = {i.name: i for i in graph.initializer}
+        for node in list(graph.node):
+            if node.output[0] in outputs or len(node.output) != 1:
+                continue
+            tensor = None
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+                tensor = numpy_helper.to_array(node.attribute[0].t)
+            elif node.op_type == "Identity" and node.input[0] in inits:
+                tensor = numpy_helper.to_array(inits[node.input[0]])
+            if tensor is not None:
+                graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+                graph.node.remove(node)
+                changed = True
+
+
+def float_weighted(model: Any) -> list[str]:  # noqa: ANN401 - an onnx.ModelProto
+    """Weighted nodes of a QDQ graph whose weights do not come through a DequantizeLinear: the
+    layers that run in float."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    return [name for name in weighted_nodes(model)
+            if len(by_name[name].input) > 1 and by_name[name].input[1] not in dequantized]
 
 
 def _batches(inputs: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32]]:
@@ -91,19 +129,27 @@ def _batches(inputs: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32
 
 
 def _nncf(model: Any, dst: Path, inputs: npt.NDArray[np.float32], input_name: str,  # noqa: ANN401
-          keep: list[str], fixes: Fixes) -> None:
+          keep: list[str], fixes: Fixes, target: Target | None) -> None:
     nncf = _require("nncf")
     import logging
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lines list every node it skips
-    dataset = nncf.Dataset(list(_batches(inputs)), lambda x: {input_name: x})
     advanced = nncf.AdvancedQuantizationParameters(disable_bias_correction=fixes.bias_correction == "none")
+    settings: dict[str, Any] = {
+        "preset": nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
+        "subset_size": len(inputs), "fast_bias_correction": fixes.bias_correction != "full",
+        "ignored_scope": nncf.IgnoredScope(names=keep) if keep else None}
     # NNCF draws its progress bars on stdout, which is the command's result stream: send them to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        quantized = nncf.quantize(
-            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric weights and activations
-            subset_size=len(inputs), fast_bias_correction=fixes.bias_correction != "full",
-            ignored_scope=nncf.IgnoredScope(names=keep) if keep else None, advanced_parameters=advanced)
+        if fixes.max_float_layers > 0 and target is not None:
+            from imgclf.quantize.accuracy import quantize_with_accuracy_control
+
+            quantized = quantize_with_accuracy_control(
+                model, inputs, target, input_name=input_name, max_layers=fixes.max_float_layers,
+                quantize_kwargs={**settings, "advanced_quantization_parameters": advanced})
+        else:
+            dataset = nncf.Dataset(list(_batches(inputs)), lambda x: {input_name: x})
+            quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **settings)
     _require("onnx").save(quantized, str(dst))
 
 
