@@ -57,9 +57,31 @@ def test_constants_and_shared_weights_become_initializers():
     x = np.random.default_rng(1).standard_normal((1, 3, 2, 2)).astype(np.float32)
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     constants_as_initializers(model)
-    assert [n.op_type for n in model.graph.node] == ["Conv"]
-    assert {"w_shared", "b"} <= {i.name for i in model.graph.initializer}
+    assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("Conv", ["x", "w", "b"])]
+    assert {i.name for i in model.graph.initializer} == {"w", "b"}
     np.testing.assert_array_equal(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0], before)
+
+
+def test_keeping_the_first_layer_keeps_every_layer_that_shares_its_weight():
+    """An exported graph with test-time augmentation runs the first layer once per view, all on one
+    weight: keeping only the first node in float would still quantize that weight for the others."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from imgclf.quantize.fixes import Fixes, float_nodes
+
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    w2 = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="first"),
+             helper.make_node("Conv", ["x", "w"], ["b"], name="first_view2"),
+             helper.make_node("Add", ["a", "b"], ["c"], name="add"),
+             helper.make_node("Conv", ["c", "w2"], ["d"], name="middle"),
+             helper.make_node("Conv", ["d", "w2"], ["y"], name="last")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [w, w2])
+    model = helper.make_model(graph)
+    assert float_nodes(model, Fixes()) == ["first", "last", "first_view2", "middle"]
+    assert float_nodes(model, Fixes(keep_first_last=False)) == []
 
 
 def _outlier_package(out: Path) -> Path:
@@ -126,3 +148,17 @@ def test_accuracy_control_restores_the_layer_int8_ruins(tmp_path, capsys, sample
     assert "/3/Conv" in restored and len(restored) <= 8, restored
     ort_gate = next(g for g in controlled["gates"] if g["engine"] == "onnxruntime")
     assert ort_gate["passed"] and code == (0 if all(g["passed"] for g in controlled["gates"]) else 3)
+
+
+def test_a_splits_calibration_images_carry_their_own_labels(tmp_path):
+    """Accuracy control judges a trained package by its labels: each calibration file must keep its class."""
+    from imgclf.data import open_dataset
+    from imgclf.quantize.calibration import from_split
+
+    for label in ("ant", "bee", "cow"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(7):
+            Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(tmp_path / "train" / label / f"{i}.png")
+    cal = from_split(open_dataset(tmp_path, "folder", val_fraction=0.0), "train", samples=10)
+    assert len(cal) == 10 and cal.labels is not None and len(cal.labels) == 10
+    assert [f.parent.name for f in cal.files] == list(cal.labels)

@@ -28,7 +28,7 @@ from imgclf.evaluation.gate import (
     record_gate,
 )
 from imgclf.package import GateRecord, ModelPackage, PackageMeta, is_package_dir, load_package, write_package
-from imgclf.quantize.accuracy import Target
+from imgclf.quantize.accuracy import Target, achieved
 from imgclf.quantize.calibration import CalibrationSet
 from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
 from imgclf.quantize.quantizer import QuantizeError, QuantizeResult, quantize_onnx
@@ -109,6 +109,8 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
         result = quantize_onnx(parent.onnx_path, onnx_int8, inputs, input_name=parent.meta.input_name,
                                backend=backend, fixes=fixes, target=goal)
         written = write_package(target, onnx_int8, int8_meta(parent, calibration, result))
+    if goal is not None:
+        log("accuracy control " + achieved(goal, str(written.onnx_path), parent.meta.input_name, inputs))
     log(f"wrote {written.path} ({result.int8_tensors} int8 tensors, {result.per_channel_weights} per-channel "
         f"weights, float: {', '.join(result.float_nodes) or 'none'})")
     records = []

@@ -58,6 +58,11 @@ def float_nodes(model: onnx.ModelProto, fixes: Fixes) -> list[str]:
     keep: list[str] = []
     if fixes.keep_first_last and names:
         keep += [names[0]] + ([names[-1]] if len(names) > 1 else [])
+        # A layer whose weight is shared (a test-time-augmentation branch of an exported graph)
+        # stays float with every node that reads the same weight: one int8 reader would quantize it.
+        weight_of = {n.name: n.input[1] for n in model.graph.node if n.name in names and len(n.input) > 1}
+        shared = {weight_of[k] for k in keep if k in weight_of}
+        keep += [n for n in names if weight_of.get(n) in shared]
     return _unique([*keep, *fixes.keep])
 
 

@@ -69,9 +69,10 @@ def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, inpu
         raise QuantizeError("no calibration images")
     onnx = _require("onnx")
     model = onnx.load(str(src))
-    keep = float_nodes(model, fixes)
     if backend == "nncf":
         constants_as_initializers(model)
+    keep = float_nodes(model, fixes)
+    if backend == "nncf":
         _nncf(model, dst, inputs, input_name, keep, fixes, target)
     else:
         # ONNX Runtime's quantizer has neither bias correction nor accuracy control.
@@ -90,28 +91,28 @@ def quantize_onnx(src: Path, dst: Path, inputs: npt.NDArray[np.float32], *, inpu
 
 
 def constants_as_initializers(model: Any) -> None:  # noqa: ANN401 - an onnx.ModelProto, changed in place
-    """Turn ``Constant`` nodes, and ``Identity`` nodes of an initializer (how a PyTorch export
-    shares one weight between layers), into initializers: NNCF finds a layer's weight only there."""
+    """Turn ``Constant`` nodes into initializers and read initializers directly where a PyTorch
+    export reaches them through ``Identity`` nodes (how it shares one weight between layers):
+    NNCF finds a layer's weight only as an initializer input."""
     from onnx import numpy_helper
 
     graph = model.graph
     outputs = {o.name for o in graph.output}
-    changed = True
-    while changed:
-        changed = False
-        inits = {i.name: i for i in graph.initializer}
-        for node in list(graph.node):
-            if node.output[0] in outputs or len(node.output) != 1:
-                continue
-            tensor = None
-            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-                tensor = numpy_helper.to_array(node.attribute[0].t)
-            elif node.op_type == "Identity" and node.input[0] in inits:
-                tensor = numpy_helper.to_array(inits[node.input[0]])
-            if tensor is not None:
-                graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-                graph.node.remove(node)
-                changed = True
+    inits = {i.name for i in graph.initializer}
+    for node in list(graph.node):
+        if len(node.output) != 1 or node.output[0] in outputs:
+            continue
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t),
+                                                             node.output[0]))
+            inits.add(node.output[0])
+            graph.node.remove(node)
+        elif node.op_type == "Identity" and node.input[0] in inits:
+            for user in graph.node:
+                for i, name in enumerate(user.input):
+                    if name == node.output[0]:
+                        user.input[i] = node.input[0]
+            graph.node.remove(node)
 
 
 def float_weighted(model: Any) -> list[str]:  # noqa: ANN401 - an onnx.ModelProto
