@@ -28,6 +28,7 @@ from imgclf.evaluation.gate import DEFAULT_THRESHOLDS, GateThresholds
 # Layers are ranked on the calibration images where int8 and fp32 differ most, at most this many:
 # ranking runs every image once per quantized layer group, one image at a time.
 RANKING_IMAGES = 100
+VALIDATION_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,18 @@ def validation_function(target: Target, input_name: str) -> Any:  # noqa: ANN401
     sessions = _Sessions()
 
     def validate(model: Any, items: Iterable[tuple[int, npt.NDArray[np.float32]]]) -> tuple[float, list[float]]:  # noqa: ANN401
+        pairs = list(items)
+        if not pairs:
+            return 0.0, []
         session = sessions.get(model)
-        scored = []
-        for index, x in items:
-            logits = np.asarray(session.run(None, {input_name: x})[0], np.float32)[0]
-            scored.append(target.per_item(int(index), logits))
+        indices, inputs = [i for i, _ in pairs], [x for _, x in pairs]
+        scored: list[tuple[float, float]] = []
+        # Ranking hands over every ranking image in one call: run them in batches, not one by one.
+        for start in range(0, len(inputs), VALIDATION_BATCH):
+            batch = np.concatenate(inputs[start:start + VALIDATION_BATCH])
+            logits = np.asarray(session.run(None, {input_name: batch})[0], np.float32)
+            scored += [target.per_item(int(i), out) for i, out in zip(indices[start:start + VALIDATION_BATCH],
+                                                                       logits, strict=True)]
         return target.metric(scored), [(a + o) / 2 for a, o in scored]
 
     return validate
