@@ -188,3 +188,43 @@ def test_the_ranking_covers_every_engine_and_precision():
     assert pairs == {("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "bf16"),
                      ("openvino", "fp32"), ("onnxruntime", "fp32")}
     assert choice_mod.RANKING[-1] == ("onnxruntime", "fp32")  # the one that always runs comes last
+
+
+def write_speed(int8_dir: Path, cpu: str, **images_per_s: float) -> None:
+    raw = json.loads((int8_dir / "model.json").read_text())
+    raw["speed"] = {"cpu": cpu, "batch": 16, "measured_at": "2026-01-01T00:00:00+00:00",
+                    "images_per_s": {k.replace("__", "/"): v for k, v in images_per_s.items()}}
+    (int8_dir / "model.json").write_text(json.dumps(raw))
+
+
+def test_auto_ranks_by_the_speeds_measured_on_this_cpu(package_dir):
+    """ONNX Runtime int8 is slower than its fp32 on some models (depthwise convolutions): a measured
+    table says so, and auto believes it over the fixed ranking; a table from another CPU is ignored."""
+    from imgclf.engines.cpu import cpu_signature
+
+    int8 = with_int8(package_dir, gate("onnxruntime", "int8"))
+    fixed = choose(load_package(package_dir), caps=FAST, openvino=False)
+    assert (fixed.engine, fixed.precision) == ("onnxruntime", "int8") and "measured" not in fixed.reason
+    write_speed(int8, cpu_signature(), onnxruntime__int8=90.0, onnxruntime__fp32=240.0)
+    measured = choose(load_package(package_dir), caps=FAST, openvino=False)
+    assert (measured.engine, measured.precision) == ("onnxruntime", "fp32")
+    assert "speeds measured on this CPU" in measured.reason
+    write_speed(int8, "another CPU; 64 CPUs; amx", onnxruntime__int8=90.0, onnxruntime__fp32=240.0)
+    other = choose(load_package(package_dir), caps=FAST, openvino=False)
+    assert (other.engine, other.precision) == ("onnxruntime", "int8")
+
+
+def test_a_malformed_speed_record_is_ignored(package_dir):
+    from imgclf.engines.speed import SpeedTable
+
+    assert SpeedTable.from_dict({"cpu": "x", "batch": "many", "images_per_s": {}}) is None
+    assert SpeedTable.from_dict({"cpu": "x"}) is None
+    table = SpeedTable("x", 16, {"openvino/int8": 5.0, "onnxruntime/fp32": 9.0})
+    order = table.order([("openvino", "int8"), ("openvino", "bf16"), ("onnxruntime", "fp32")])
+    assert order == [("onnxruntime", "fp32"), ("openvino", "int8"), ("openvino", "bf16")]
+    int8 = with_int8(package_dir, gate("onnxruntime", "int8"))
+    raw = json.loads((int8 / "model.json").read_text())
+    raw["speed"] = {"cpu": 3, "images_per_s": "fast"}
+    (int8 / "model.json").write_text(json.dumps(raw))
+    c = choose(load_package(package_dir), caps=FAST, openvino=False)
+    assert (c.engine, c.precision) == ("onnxruntime", "int8")

@@ -129,6 +129,13 @@ def test_trained_package_calibrates_on_its_train_split_and_gates_on_its_test_spl
     gate = int8.meta.gate_for("onnxruntime", "int8")
     assert gate is not None and gate.labelled and gate.images == 6 and "test split" in gate.data
     assert code == (0 if gate.passed else 3) and "gate onnxruntime int8 on 6 images" in out
+    # Each engine and precision timed here, for auto to rank by.
+    from imgclf.engines.cpu import cpu_signature
+    from imgclf.engines.speed import SpeedTable
+
+    table = SpeedTable.from_dict(int8.meta.speed)
+    assert table is not None and table.cpu == cpu_signature() and table.batch == 16
+    assert table.images_per_s["onnxruntime/fp32"] > 0 and table.images_per_s["onnxruntime/int8"] > 0
 
 
 @pytest.mark.slow

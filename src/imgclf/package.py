@@ -237,6 +237,8 @@ class PackageMeta:
     format_version: int = FORMAT_VERSION
     precision: str = "fp32"  # of the weights and activations in model.onnx: fp32 or int8
     gates: tuple[GateRecord, ...] = ()
+    # Measured speed of each engine and precision on one CPU (imgclf.engines.speed reads it).
+    speed: dict[str, Any] | None = None
 
     def gate_for(self, engine: str, precision: str) -> GateRecord | None:
         """The accuracy-gate record of ``engine`` running this model at ``precision``, if measured."""
@@ -262,6 +264,7 @@ class PackageMeta:
             # what earlier versions wrote.
             **({"precision": self.precision} if self.precision != "fp32" else {}),
             **({"gates": [g.to_dict() for g in self.gates]} if self.gates else {}),
+            **({"speed": self.speed} if self.speed else {}),
         }
 
     @classmethod
@@ -296,6 +299,7 @@ class PackageMeta:
                 format_version=version,
                 precision=precision,
                 gates=tuple(GateRecord.from_dict(g) for g in gates),
+                speed=dict(_object(d["speed"], "speed")) if d.get("speed") is not None else None,
             )
         except PackageError:
             raise
@@ -333,6 +337,25 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def update_meta(package_dir: str | os.PathLike[str], key: str, value: Any) -> None:  # noqa: ANN401 - JSON
+    """Set one top-level key of a package's ``model.json``, every other key left as it was (keys
+    this version does not know included). The file is rewritten whole (temporary file, then
+    ``os.replace``), so a reader never sees half of it and a crash leaves the old one."""
+    path = Path(package_dir) / META_FILE
+    tmp = path.with_name(f".{META_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw[key] = value
+        tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PackageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[str], meta: PackageMeta) -> ModelPackage:

@@ -5,8 +5,10 @@ Precisions: ``fp32`` (the package as exported), ``bf16`` (OpenVINO's inference-p
 CPUs with bf16 instructions), ``int8`` (the package's int8 variant written by ``imgclf quantize``,
 ``PACKAGE/int8``, or an int8 package given directly).
 
-``auto`` takes the first candidate of :data:`RANKING` (fastest first, as measured by
-``benchmarks/engines.py``) that this CPU and install can run and whose accuracy gate passed: an
+``auto`` takes the fastest candidate that this CPU and install can run and whose accuracy gate
+passed. Fastest means by the speed table ``imgclf quantize`` measured for this package on a CPU
+like this one (:mod:`imgclf.engines.speed`), else by :data:`RANKING` (the usual order, as measured
+by ``benchmarks/engines.py``). An
 int8 candidate needs a passed gate record in its package (``imgclf quantize`` measures it); a bf16
 candidate without a record is measured the first time it is considered (fp32 ONNX Runtime against
 bf16 on the package's test split, or the photos shipped with imgclf) and the record is written into
@@ -28,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf.engine import Engine
-from imgclf.engines.cpu import BF16_FLAGS, INT8_FLAGS, CpuCaps, cpu_caps
+from imgclf.engines.cpu import BF16_FLAGS, INT8_FLAGS, CpuCaps, cpu_caps, cpu_signature
 from imgclf.engines.openvino import INSTALL_HINT, OpenVINOMissingError, import_openvino
+from imgclf.engines.speed import SpeedTable, measure
 from imgclf.errors import UserError
 from imgclf.package import GateRecord, ModelPackage, is_package_dir, load_package
 
@@ -135,13 +138,16 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
         if any(p == "int8" for _, p in candidates):  # one note for both int8 candidates
             skipped.append(f"int8: no int8 variant (run 'imgclf quantize {package.path}')")
         candidates = [(e, p) for e, p in candidates if p != "int8"]
+    table = speed_table(package)
+    if table is not None:
+        candidates = table.order(candidates)
     for e, p in candidates:
         why_not, run_package, gate = _consider(package, e, p, caps, have_ov, explicit, measure)
         if why_not:
             skipped.append(f"{e} {p}: {why_not}")
             continue
         assert run_package is not None
-        return EngineChoice(e, p, _reason(engine, precision, gate, skipped), run_package, gate)
+        return EngineChoice(e, p, _reason(engine, precision, gate, skipped, table), run_package, gate)
     raise EngineChoiceError(f"cannot run {package.name} with --engine {engine} --precision {precision}: "
                             + "; ".join(skipped))
 
@@ -182,19 +188,43 @@ def _consider(package: ModelPackage, engine: str, precision: str, caps: CpuCaps,
     return "", run, gate
 
 
-def _reason(engine: str, precision: str, gate: GateRecord | None, skipped: list[str]) -> str:
+def _reason(engine: str, precision: str, gate: GateRecord | None, skipped: list[str],
+            table: SpeedTable | None = None) -> str:
+    ranked = " (by the speeds measured on this CPU)" if table is not None else ""
     if engine != "auto" and precision != "auto":
         parts = ["as asked"]
     elif engine == "auto" and precision == "auto":
-        parts = ["auto: fastest that passed its accuracy gate"]
+        parts = [f"auto: fastest{ranked} that passed its accuracy gate"]
     else:
-        parts = ["auto: fastest " + (f"{engine} precision" if engine != "auto" else f"engine at {precision}")]
+        parts = ["auto: fastest " + (f"{engine} precision" if engine != "auto" else f"engine at {precision}") + ranked]
     if gate is not None:
         parts.append(("gate passed" if gate.passed else "gate FAILED") + f": top-1 agreement "
                      f"{gate.top1_agreement:.1f}% on {gate.images} images")
     if skipped:
         parts.append("skipped " + "; ".join(skipped))
     return ", ".join(parts)
+
+
+def speed_table(package: ModelPackage) -> SpeedTable | None:
+    """The speed table recorded with the package's int8 variant, if it was measured on a CPU with
+    this one's signature (speeds from another machine would mislead more than the fixed ranking)."""
+    int8 = int8_package(package)
+    table = SpeedTable.from_dict(int8.meta.speed) if int8 is not None else None
+    return table if table is not None and table.cpu == cpu_signature() else None
+
+
+def measure_speed(package: ModelPackage, *, threads: int | None = None, min_seconds: float = 0.5) -> SpeedTable:
+    """Time every engine and precision that can run ``package`` here (its int8 variant included)."""
+    caps, have_ov, int8 = cpu_caps(), openvino_installed(), int8_package(package)
+    fp32 = package if package.meta.precision == "fp32" else None
+    builders = {}
+    for e, p in RANKING:
+        run = int8 if p == "int8" else fp32
+        if run is None or (e == "openvino" and not have_ov) or (p == "bf16" and not caps.bf16):
+            continue
+        builders[(e, p)] = (lambda e=e, p=p, run=run: build(EngineChoice(e, p, "speed", run), threads=threads))
+    spec = package.spec
+    return measure(builders, spec.input_size, spec.channels, cpu_signature(), min_seconds=min_seconds)
 
 
 def build(choice: EngineChoice, *, threads: int | None = None) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,3 +58,20 @@ def cpu_caps() -> CpuCaps:
     except Exception:  # noqa: BLE001 - no OpenVINO, or no CPU plugin: nothing known
         return CpuCaps(bf16=False, int8=False)
     return CpuCaps(bf16="BF16" in reported, int8=False)
+
+
+@functools.cache
+def cpu_signature() -> str:
+    """This CPU as a speed record names it: model, logical CPUs and the flags that matter. Speeds
+    measured under another signature say nothing about this machine."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+                break
+    except OSError:
+        pass
+    flags = ",".join(cpu_caps().relevant()) or "no bf16/int8 flags"
+    return f"{model}; {os.cpu_count() or 1} CPUs; {flags}"

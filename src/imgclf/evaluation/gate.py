@@ -12,12 +12,10 @@ Engine-agnostic and torch-free: anything that implements :class:`imgclf.engine.E
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from imgclf.errors import UserError
 from imgclf.evaluation.evaluate import split_probabilities
 from imgclf.evaluation.metrics import Probabilities, compute_metrics
 from imgclf.images import ImageDecodeError
-from imgclf.package import META_FILE, GateRecord, PackageError, load_package
+from imgclf.package import GateRecord, load_package, update_meta
 from imgclf.pipeline import prepare
 
 
@@ -190,23 +188,7 @@ def _round(v: float | None) -> float | None:
 
 def record_gate(package_dir: str | os.PathLike[str], record: GateRecord) -> None:
     """Write ``record`` into the package's ``model.json``, replacing an older record of the same
-    engine and precision. The file is rewritten whole (temporary file, then ``os.replace``), so a
-    reader never sees half of it and a crash leaves the old one."""
-    path = Path(package_dir)
-    meta = load_package(path, verify_hash=False).meta
-    raw = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    engine and precision (the file is replaced whole: see :func:`imgclf.package.update_meta`)."""
+    meta = load_package(Path(package_dir), verify_hash=False).meta
     gates = [g for g in meta.gates if (g.engine, g.precision) != (record.engine, record.precision)]
-    meta = replace(meta, gates=(*gates, record))
-    # Keys this version does not know stay as they were; only "gates" is ours to rewrite.
-    raw["gates"] = [g.to_dict() for g in meta.gates]
-    tmp = path / f".{META_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-        mode = (path / META_FILE).stat().st_mode & 0o777
-        os.chmod(tmp, mode)
-        os.replace(tmp, path / META_FILE)
-    except OSError as exc:
-        raise PackageError(f"cannot write {path / META_FILE}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    update_meta(package_dir, "gates", [g.to_dict() for g in (*gates, record)])

@@ -27,7 +27,15 @@ from imgclf.evaluation.gate import (
     measure_gate,
     record_gate,
 )
-from imgclf.package import GateRecord, ModelPackage, PackageMeta, is_package_dir, load_package, write_package
+from imgclf.package import (
+    GateRecord,
+    ModelPackage,
+    PackageMeta,
+    is_package_dir,
+    load_package,
+    update_meta,
+    write_package,
+)
 from imgclf.quantize.accuracy import Target, achieved
 from imgclf.quantize.calibration import CalibrationSet
 from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
@@ -82,9 +90,10 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
                      labelled: LabelledSplit | None = None, photos: Sequence[Path] = (),
                      backend: str = "nncf", fixes: Fixes = DEFAULT_FIXES,
                      thresholds: GateThresholds = DEFAULT_THRESHOLDS, reference: Engine | None = None,
-                     log: Callable[[str], None] = lambda _: None) -> Quantized:
-    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``) and gate it against
-    ``reference`` (default: ONNX Runtime on ``parent``)."""
+                     time_engines: bool = True, log: Callable[[str], None] = lambda _: None) -> Quantized:
+    """Write the int8 form of ``parent`` at ``out`` (default ``PARENT/int8``), gate it against
+    ``reference`` (default: ONNX Runtime on ``parent``) and, with ``time_engines``, record how fast
+    each engine and precision runs it here (what ``auto`` ranks by)."""
     if labelled is None and not photos:
         raise QuantizeError("the accuracy gate needs a labelled split or photos; none given")
     if parent.meta.precision != "fp32":
@@ -120,6 +129,13 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
                               precision="int8", thresholds=thresholds)
         record_gate(written.path, record)
         records.append(record)
+    if time_engines:
+        from imgclf.engines.choice import measure_speed
+
+        table = measure_speed(parent)
+        update_meta(written.path, "speed", table.to_dict())
+        log("speed at batch 16 on this CPU (what 'auto' ranks by): " + ", ".join(
+            f"{k} {v:.0f} images/s" for k, v in sorted(table.images_per_s.items(), key=lambda kv: -kv[1])))
     return Quantized(load_package(written.path), result, tuple(records))
 
 
