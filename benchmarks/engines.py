@@ -102,8 +102,8 @@ def make_int8(package_dir: Path) -> tuple[Path, str]:
     if not is_package_dir(out):
         labelled, photos = default_gate(parent)
         quantize_package(parent, default_calibration(parent), labelled=labelled, photos=photos)
-    how = "its own splits" if parent.meta.provenance.dataset is not None else "the shipped photos"
-    return out, f"imgclf quantize's defaults (NNCF, calibrated on {how})"
+    calibration = load_package(out).meta.provenance.extra.get("calibration") or {}
+    return out, f"imgclf quantize (NNCF; calibrated on {calibration.get('count', '?')} images: {calibration.get('data', '?')})"
 
 
 # -- engines alone ---------------------------------------------------------------------------
