@@ -94,14 +94,17 @@ def make_int8(package_dir: Path) -> tuple[Path, str]:
     photos shipped with imgclf and gated on the held-out ones, a trained package on its own splits),
     and how it was made."""
     from imgclf.package import is_package_dir, load_package
-    from imgclf.quantize.build import quantize_package
+    from imgclf.quantize.build import default_max_float_layers, quantize_package
+    from imgclf.quantize.fixes import Fixes
     from imgclf.quantize.sources import default_calibration, default_gate
 
     out = package_dir / "int8"
     parent = load_package(package_dir)
     if not is_package_dir(out):
         labelled, photos = default_gate(parent)
-        quantize_package(parent, default_calibration(parent), labelled=labelled, photos=photos)
+        calibration = default_calibration(parent)
+        quantize_package(parent, calibration, labelled=labelled, photos=photos,
+                         fixes=Fixes(max_float_layers=default_max_float_layers(calibration)))
     calibration = load_package(out).meta.provenance.extra.get("calibration") or {}
     return out, f"imgclf quantize (NNCF; calibrated on {calibration.get('count', '?')} images: {calibration.get('data', '?')})"
 

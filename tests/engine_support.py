@@ -18,16 +18,18 @@ def copy_package(src: Path, dst: Path, *, int8: bool = False) -> Path:
 
 
 def quantize(package_dir: Path) -> Path:
-    """``imgclf quantize PACKAGE`` (its default backend, calibration and gate):
+    """``imgclf quantize PACKAGE`` (its default backend, calibration and gate; accuracy control off,
+    which tests/test_quantize_accuracy.py covers: ranking Lite0's layers takes minutes):
     writes ``PACKAGE/int8`` with a gate record per installed engine."""
     from imgclf.package import load_package
     from imgclf.quantize.build import quantize_package
+    from imgclf.quantize.fixes import Fixes
     from imgclf.quantize.sources import default_calibration, default_gate
 
     parent = load_package(package_dir)
     labelled, photos = default_gate(parent)
     done = quantize_package(parent, default_calibration(parent), labelled=labelled, photos=photos,
-                            backend=BACKEND)
+                            backend=BACKEND, fixes=Fixes(max_float_layers=0))
     return done.package.path
 
 

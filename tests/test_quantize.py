@@ -160,6 +160,9 @@ def test_lite0_int8_package_keeps_its_top1_on_real_photos(lite0_package, tmp_pat
     for f in manifest["files"]:
         assert f["sha256"] == sha256_file(photos_dir() / f["path"])
     assert prov.extra["quantization"]["fixes"]["bias_correction"] == "fast"
+    # Four shipped photos are too few to choose layers by: accuracy control is off by default here
+    # (test_quantize_accuracy.py covers it on calibration images that can steer it).
+    assert prov.extra["quantization"]["fixes"]["max_float_layers"] == 0 and "accuracy control off" in err
     q, per_channel = _qdq_summary(int8.onnx_path)
     assert q > 50 and per_channel > 30
     gate = meta.gate_for("onnxruntime", "int8")

@@ -31,22 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the first layer and the classifier too (default: keep them in float)")
     p.add_argument("--keep", action="append", default=[], metavar="NODE",
                    help="ONNX node name to keep in float (repeatable)")
-    p.add_argument("--max-float-layers", type=int, default=DEFAULT_FIXES.max_float_layers, metavar="N",
+    p.add_argument("--max-float-layers", type=int, metavar="N",
                    help="accuracy control: when int8 misses the gate's target on the calibration images, put "
                         "back in float up to N of the layer groups that hurt most (nncf backend; 0: off; "
-                        f"default: {DEFAULT_FIXES.max_float_layers})")
+                        f"default: {DEFAULT_FIXES.max_float_layers}, or 0 when calibrating on the few photos "
+                        "shipped with imgclf, too few to choose layers by)")
 
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.package import load_package
-    from imgclf.quantize.build import describe_gate, quantize_package
+    from imgclf.quantize.build import default_max_float_layers, describe_gate, quantize_package
     from imgclf.quantize.calibration import from_folder
     from imgclf.quantize.fixes import Fixes
     from imgclf.quantize.sources import default_calibration, default_gate, labelled_folder
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
-    if args.max_float_layers < 0:
+    if args.max_float_layers is not None and args.max_float_layers < 0:
         raise UserError("--max-float-layers must be 0 or more")
     parent = load_package(args.package)
     if args.eval or args.photos:
@@ -56,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
         labelled, photos = default_gate(parent)
     calibration = (from_folder(args.calibration, args.samples) if args.calibration
                    else default_calibration(parent, args.samples))
+    max_float = args.max_float_layers
+    if max_float is None:
+        max_float = default_max_float_layers(calibration)
+        if not max_float:
+            print("accuracy control off: the shipped calibration photos are too few to choose layers by "
+                  "(give --calibration FOLDER with a few hundred images like the ones the model will see)",
+                  file=sys.stderr)
     fixes = Fixes(bias_correction=args.bias_correction, keep_first_last=not args.quantize_first_last,
-                  keep=tuple(args.keep), max_float_layers=args.max_float_layers)
+                  keep=tuple(args.keep), max_float_layers=max_float)
     done = quantize_package(parent, calibration, out=Path(args.out) if args.out else None, labelled=labelled,
                             photos=photos, backend=args.backend, fixes=fixes,
                             log=lambda line: print(line, file=sys.stderr))

@@ -37,7 +37,7 @@ from imgclf.package import (
     write_package,
 )
 from imgclf.quantize.accuracy import Target, achieved
-from imgclf.quantize.calibration import CalibrationSet
+from imgclf.quantize.calibration import BUNDLED_SOURCE, CalibrationSet
 from imgclf.quantize.fixes import DEFAULT_FIXES, Fixes
 from imgclf.quantize.quantizer import QuantizeError, QuantizeResult, quantize_onnx
 
@@ -137,6 +137,13 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
         log("speed at batch 16 on this CPU (what 'auto' ranks by): " + ", ".join(
             f"{k} {v:.0f} images/s" for k, v in sorted(table.images_per_s.items(), key=lambda kv: -kv[1])))
     return Quantized(load_package(written.path), result, tuple(records))
+
+
+def default_max_float_layers(calibration: CalibrationSet) -> int:
+    """Accuracy control's default for ``calibration``: off for the few photos shipped with imgclf
+    (4 photos, too few to choose layers by: on them it cost Lite0 minutes and a held-out photo's
+    top-1), on otherwise."""
+    return 0 if calibration.source == BUNDLED_SOURCE else DEFAULT_FIXES.max_float_layers
 
 
 def accuracy_target(reference: Engine, calibration: CalibrationSet, inputs: npt.NDArray[np.float32],

@@ -29,6 +29,7 @@ from imgclf.preprocess import PreprocessSpec, decode_min_side, normalize, prepro
 
 DEFAULT_SAMPLES = 300
 BUNDLED_VIEWS = 16  # the whole photo and 15 crops of each shipped photo
+BUNDLED_SOURCE = "bundled photos"
 
 
 class CalibrationError(UserError, ValueError):
@@ -147,5 +148,5 @@ def bundled() -> CalibrationSet:
     from imgclf.quantize.photos import CALIBRATION, photos_dir
 
     root = photos_dir()
-    return CalibrationSet("bundled photos", "photos shipped with imgclf",
+    return CalibrationSet(BUNDLED_SOURCE, "photos shipped with imgclf",
                           tuple(root / name for name in CALIBRATION), root=root, views=BUNDLED_VIEWS)
