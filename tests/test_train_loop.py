@@ -83,6 +83,8 @@ def _interrupt_at(step: int) -> Callback:
 
 
 def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
+    # What the process had before (the default handler; SIG_IGN when started in the background).
+    handler = signal.getsignal(signal.SIGINT)
     straight = _image_trainer(tmp_path / "a").fit()
     assert straight.stopped == "completed"
 
@@ -90,7 +92,7 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert first.stopped == "interrupted" and first.steps == 9
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (9, 1, 3)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler  # handlers restored
 
     resumed = _image_trainer(tmp_path / "b").fit(resume=True)
     assert resumed.stopped == "completed" and resumed.steps == straight.steps == 12
