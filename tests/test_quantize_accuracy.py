@@ -162,3 +162,21 @@ def test_a_splits_calibration_images_carry_their_own_labels(tmp_path):
     cal = from_split(open_dataset(tmp_path, "folder", val_fraction=0.0), "train", samples=10)
     assert len(cal) == 10 and cal.labels is not None and len(cal.labels) == 10
     assert [f.parent.name for f in cal.files] == list(cal.labels)
+
+
+def test_accuracy_control_that_fails_leaves_a_plain_int8_package(tmp_path, capsys, sample_jpegs, monkeypatch):
+    """NNCF's restorer does not take every graph: the plain int8 model is still written and gated."""
+    pytest.importorskip("nncf")
+    from imgclf.quantize import accuracy
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("this graph is not supported\nsecond line")
+
+    monkeypatch.setattr(accuracy, "quantize_with_accuracy_control", broken)
+    pkg = _outlier_package(tmp_path / "outlier")
+    cal = _photos(tmp_path / "cal", sorted(sample_jpegs.values())[:2], range(0, 360, 90))
+    code = main(["quantize", str(pkg), "--calibration", str(cal), "--photos", str(cal), "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code in (0, 3) and "accuracy control failed on this graph (RuntimeError: this graph is not supported)" in err
+    meta = json.loads((tmp_path / "q" / "model.json").read_text())
+    assert meta["precision"] == "int8" and meta["provenance"]["quantization"]["fixes"]["max_float_layers"] == 0

@@ -108,7 +108,9 @@ def quantize_package(parent: ModelPackage, calibration: CalibrationSet, *, out: 
     log(f"calibrating on {len(calibration)} image(s){views}: {calibration.description}")
     inputs = calibration.inputs(parent.spec)
     reference = reference or OnnxEngine(parent)
-    goal = accuracy_target(reference, calibration, inputs, thresholds) if fixes.max_float_layers else None
+    # Accuracy control is NNCF's: the onnxruntime backend has none (its result records 0).
+    steer = fixes.max_float_layers and backend == "nncf"
+    goal = accuracy_target(reference, calibration, inputs, thresholds) if steer else None
     if goal is not None:
         log(f"accuracy control: up to {fixes.max_float_layers} layer group(s) back to float until int8 "
             + ("is within the gate's top-1 drop on the labelled calibration images" if goal.labelled
