@@ -134,15 +134,16 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
     candidates = [(e, p) for e, p in RANKING if engine in ("auto", e) and precision in ("auto", p)
                   and (p == "int8" or not given_int8)]
     skipped: list[str] = []
-    if int8_package(package) is None:
+    int8 = int8_package(package)  # loaded (and its ONNX file hashed) once for every candidate
+    if int8 is None:
         if any(p == "int8" for _, p in candidates):  # one note for both int8 candidates
             skipped.append(f"int8: no int8 variant (run 'imgclf quantize {package.path}')")
         candidates = [(e, p) for e, p in candidates if p != "int8"]
-    table = speed_table(package)
+    table = speed_table(int8)
     if table is not None:
         candidates = table.order(candidates)
     for e, p in candidates:
-        why_not, run_package, gate = _consider(package, e, p, caps, have_ov, explicit, measure)
+        why_not, run_package, gate = _consider(package, int8, e, p, caps, have_ov, explicit, measure)
         if why_not:
             skipped.append(f"{e} {p}: {why_not}")
             continue
@@ -152,9 +153,10 @@ def choose(package: ModelPackage, engine: str = "auto", precision: str = "auto",
                             + "; ".join(skipped))
 
 
-def _consider(package: ModelPackage, engine: str, precision: str, caps: CpuCaps, have_ov: bool,
-              explicit: bool, measure: GateMeasure) -> tuple[str, ModelPackage | None, GateRecord | None]:
-    """(why ``engine``/``precision`` cannot be chosen, or ""; the package it runs; its gate record)."""
+def _consider(package: ModelPackage, int8: ModelPackage | None, engine: str, precision: str, caps: CpuCaps,
+              have_ov: bool, explicit: bool, measure: GateMeasure) -> tuple[str, ModelPackage | None, GateRecord | None]:
+    """(why ``engine``/``precision`` cannot be chosen, or ""; the package it runs; its gate record).
+    ``int8`` is ``package``'s int8 variant (:func:`int8_package`)."""
     if engine == "openvino" and not have_ov:
         return "the openvino extra is not installed", None, None
     if precision == "bf16":
@@ -164,7 +166,7 @@ def _consider(package: ModelPackage, engine: str, precision: str, caps: CpuCaps,
             return f"this CPU has no bf16 instructions ({' or '.join(BF16_FLAGS)})", None, None
     if precision == "int8" and not caps.int8 and not explicit:
         return f"this CPU has no int8 dot-product instructions ({' or '.join(INT8_FLAGS)})", None, None
-    run = int8_package(package) if precision == "int8" else package
+    run = int8 if precision == "int8" else package
     assert run is not None  # choose() has dealt with a missing int8 variant
     if precision == "fp32":
         return "", run, None  # the exported model itself: nothing to gate
@@ -205,10 +207,10 @@ def _reason(engine: str, precision: str, gate: GateRecord | None, skipped: list[
     return ", ".join(parts)
 
 
-def speed_table(package: ModelPackage) -> SpeedTable | None:
-    """The speed table recorded with the package's int8 variant, if it was measured on a CPU with
-    this one's signature (speeds from another machine would mislead more than the fixed ranking)."""
-    int8 = int8_package(package)
+def speed_table(int8: ModelPackage | None) -> SpeedTable | None:
+    """The speed table recorded with an int8 package (a package's :func:`int8_package`), if it was
+    measured on a CPU with this one's signature (speeds from another machine would mislead more
+    than the fixed ranking)."""
     table = SpeedTable.from_dict(int8.meta.speed) if int8 is not None else None
     return table if table is not None and table.cpu == cpu_signature() else None
 
