@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,8 +45,6 @@ SIZES = {"500x375": (500, 375), "12 MP": (4000, 3000), "24 MP": (6000, 4000)}
 
 
 def make_files(source: str | None, grain: float) -> dict[str, bytes]:
-    from PIL import Image
-
     from imgclf.images import decode_file
     from imgclf.samples import reference_photo
 
@@ -106,10 +105,15 @@ async def _load(port: int, path: str, body: bytes, concurrency: int, requests: i
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
+def eighth_scale_decode(data: bytes) -> None:
+    """Pillow's bare JPEG decode at 1/8 scale (DCT scaling, nothing else): the floor of any decode."""
+    img = Image.open(io.BytesIO(data))
+    img.draft(None, (img.width // 8, img.height // 8))
+    img.load()
+
+
 def in_process(package: str, files: dict[str, bytes], repeat: int) -> dict[str, tuple[float, float, float]]:
     """name -> (full decode + preprocess ms, pipeline ms, bare 1/8-scale decode ms), medians."""
-    from PIL import Image
-
     from imgclf.images import decode
     from imgclf.package import load_package
     from imgclf.pipeline import prepare
@@ -125,9 +129,7 @@ def in_process(package: str, files: dict[str, bytes], repeat: int) -> dict[str, 
             t1 = time.perf_counter()
             prepare(data, spec)
             t2 = time.perf_counter()
-            img = Image.open(io.BytesIO(data))
-            img.draft(None, (img.width // 8, img.height // 8))
-            img.load()
+            eighth_scale_decode(data)
             floor.append(time.perf_counter() - t2)
             fast.append(t2 - t1)
             full.append(t1 - t0)
@@ -137,8 +139,6 @@ def in_process(package: str, files: dict[str, bytes], repeat: int) -> dict[str, 
 
 def stages(package: str, files: dict[str, bytes], repeat: int) -> None:
     """Min / median ms of each pipeline stage, in-process."""
-    from PIL import Image
-
     from imgclf.engine import OnnxEngine
     from imgclf.images import decode_scaled
     from imgclf.package import load_package
@@ -172,9 +172,7 @@ def stages(package: str, files: dict[str, bytes], repeat: int) -> None:
             t3 = time.perf_counter()
             normalize(px, spec)
             t4 = time.perf_counter()
-            bare = Image.open(io.BytesIO(data))
-            bare.draft(None, (bare.width // 8, bare.height // 8))
-            bare.load()
+            eighth_scale_decode(data)
             t5 = time.perf_counter()
             for key, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 t[key].append(dt)
