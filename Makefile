@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The typed core: what serving and the model package contract rest on.
-MYPY_CORE := $(addprefix src/imgclf/,errors.py images.py preprocess.py package.py model_store.py engine.py \
+MYPY_CORE := $(addprefix src/imgclf/,errors.py atomic.py images.py preprocess.py package.py model_store.py engine.py \
 	engines pipeline.py resolve.py classifier.py server data evaluation feedback bulk quantize)
 
 lint: $(STAMP)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from imgclf.atomic import atomic_write
 from imgclf.errors import UserError
 from imgclf.package import META_FILE, PackageError, is_package_dir, load_package
 
@@ -170,12 +171,7 @@ class ModelStore:
     def write_state(self, state: StoreState) -> StoreState:
         """Write ``versions.json`` atomically (readers see the old file or the new one)."""
         state = replace(state, updated=_dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"))
-        tmp = self.root / f".{VERSIONS_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            tmp.write_text(json.dumps(state.to_dict(), indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.state_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(self.state_file, json.dumps(state.to_dict(), indent=2) + "\n")
         return state
 
     def set_default(self, version: str) -> StoreState:

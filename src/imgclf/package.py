@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imgclf import __version__
+from imgclf.atomic import atomic_write
 from imgclf.cache import cache_home
 from imgclf.errors import UserError
 from imgclf.preprocess import PreprocessSpec
@@ -341,21 +342,15 @@ def sha256_file(path: Path) -> str:
 
 def update_meta(package_dir: str | os.PathLike[str], key: str, value: Any) -> None:  # noqa: ANN401 - JSON
     """Set one top-level key of a package's ``model.json``, every other key left as it was (keys
-    this version does not know included). The file is rewritten whole (temporary file, then
-    ``os.replace``), so a reader never sees half of it and a crash leaves the old one."""
+    this version does not know included). The file is replaced whole (:func:`imgclf.atomic.atomic_write`),
+    keeping its permissions."""
     path = Path(package_dir) / META_FILE
-    tmp = path.with_name(f".{META_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         raw[key] = value
-        tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(raw, indent=2) + "\n", mode=path.stat().st_mode & 0o777)
     except OSError as exc:
         raise PackageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_package(out_dir: str | os.PathLike[str], onnx_file: str | os.PathLike[str], meta: PackageMeta) -> ModelPackage:

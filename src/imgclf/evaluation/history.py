@@ -10,16 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from imgclf.atomic import atomic_write
+
 HISTORY_COLUMNS = ["epoch", "epoch_float", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                    "time", "elapsed", "img_per_s", "partial"]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file renamed over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_history(history: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str], *,

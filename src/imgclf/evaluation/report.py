@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from imgclf.evaluation.history import atomic_write
+from imgclf.atomic import atomic_write
 from imgclf.evaluation.metrics import Evaluation
 from imgclf.evaluation.plots import can_plot, plot_confusion_matrix
 

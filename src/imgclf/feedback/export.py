@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from imgclf.atomic import atomic_write
 from imgclf.feedback.errors import FeedbackError
 from imgclf.feedback.store import FeedbackStore, Record
 from imgclf.images import decode, image_files
@@ -64,13 +65,6 @@ def _jpeg(data: bytes) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(decode(data)).save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _merge(train: Path, out: Path) -> int:
@@ -119,7 +113,7 @@ def export(store: FeedbackStore, out: Path, *, model: str | None = None, version
             except FileNotFoundError:
                 raise FeedbackError(f"record {r.id}: its image {r.sha256} is missing from "
                                     f"{store.blobs.root}") from None
-            _write(out / rel, _jpeg(data))
+            atomic_write(out / rel, _jpeg(data))
             written.add(rel)
         entries.append({"id": r.id, "sha256": r.sha256, "label": r.label, "model": r.model,
                         "version": r.version, "file": rel})
@@ -130,7 +124,7 @@ def export(store: FeedbackStore, out: Path, *, model: str | None = None, version
         "merged_files": merged,
         "records": entries,
     }
-    _write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return ExportResult(out=out, records=len(entries), files=len(written), merged_files=merged)
 
 
